@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The main job on the local test bed: install the CRDs, run the operator and
+# reconcile examples/. Expects `e2e/testbed.sh up` to have run (`make demo` does it).
+#
+#   e2e/demo.sh         start (or restart) the operator and apply the examples
+#   e2e/demo.sh stop    stop the operator
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TB=$ROOT/e2e/.testbed
+PIDFILE=$TB/operator.pid
+LOG=$TB/logs/operator.log
+HTTP_ADDR=127.0.0.1:${PARTNERPLANE_DEMO_PORT:-18080}
+
+log() { printf '[demo] %s\n' "$*" >&2; }
+
+stop() {
+  [[ -f $PIDFILE ]] || return 0
+  local pid
+  pid=$(cat "$PIDFILE")
+  if kill -TERM "$pid" 2>/dev/null; then
+    log "stopping the operator (pid $pid)"
+    timeout 30 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDFILE"
+}
+
+start() {
+  # shellcheck source=/dev/null
+  source "$TB/env"
+  log "building the operator"
+  cargo build --quiet -p partnerplane --manifest-path "$ROOT/Cargo.toml"
+  local bin=$ROOT/target/debug/partnerplane
+
+  if compgen -G "$ROOT/crds/*.yaml" >/dev/null; then
+    log "installing the CRDs"
+    kubectl apply --server-side --field-manager=partnerplane.io/demo -f "$ROOT/crds/" >/dev/null
+    kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=partnerplane --timeout=60s >/dev/null
+  fi
+
+  stop
+  log "starting the operator (log: $LOG)"
+  nohup "$bin" run --http-addr "$HTTP_ADDR" >>"$LOG" 2>&1 &
+  echo $! >"$PIDFILE"
+  local deadline=$((SECONDS + 60))
+  until curl -fsS "http://$HTTP_ADDR/readyz" >/dev/null 2>&1; do
+    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { tail -20 "$LOG"; log "the operator exited"; exit 1; }
+    ((SECONDS < deadline)) || { log "the operator is not ready after 60s (see $LOG)"; exit 1; }
+    sleep 0.2
+  done
+  log "operator ready: http://$HTTP_ADDR/metrics"
+
+  if compgen -G "$ROOT/crds/*.yaml" >/dev/null && [[ -d $ROOT/examples ]]; then
+    log "applying examples/"
+    kubectl apply --server-side --field-manager=partnerplane.io/demo -R -f "$ROOT/examples/" >/dev/null
+    if ! kubectl wait --for=condition=Ready partnertenants --all --timeout=120s >/dev/null; then
+      log "not every tenant is Ready yet; conditions below"
+    fi
+    kubectl get partnerplane -A
+  else
+    kubectl get nodes
+  fi
+  log "the operator keeps running; stop everything with: make down"
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,164 @@
+//! `MetricPipeline`: governed partner metrics, materialized in the tenant's
+//! schema and kept fresh. It lives in a tenant namespace; the namespace's
+//! owner is its tenant.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::metric::{Identifier, Metric, Source};
+use super::tenant::WorkflowTemplate;
+
+/// Governed partner metrics over the tenant's event tables.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "partnerplane.io",
+    version = "v1alpha1",
+    kind = "MetricPipeline",
+    plural = "metricpipelines",
+    namespaced,
+    shortname = "mpl",
+    category = "partnerplane",
+    status = "MetricPipelineStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Objectives Met","type":"string","jsonPath":".status.objectivesMet"}"#,
+    printcolumn = r#"{"name":"Last Refresh","type":"date","jsonPath":".status.lastRefreshTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+)]
+#[x_kube(
+    validation = Rule::new("self.metrics.all(m, self.sources.exists(s, s.name == m.source))")
+        .message("every metric's source must name one of spec.sources")
+        .field_path(".metrics"),
+    validation = Rule::new("self.metrics.all(m, !has(m.aggregate.column) || self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == m.aggregate.column)))")
+        .message("a metric's aggregate.column must be a column of its source")
+        .field_path(".metrics"),
+    validation = Rule::new("self.metrics.all(m, !has(m.filters) || m.filters.all(f, self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == f.column))))")
+        .message("a metric's filters must use columns of its source")
+        .field_path(".metrics"),
+    validation = Rule::new("self.metrics.all(m, !has(m.groupBy) || m.groupBy.all(g, self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == g))))")
+        .message("a metric's groupBy must use columns of its source")
+        .field_path(".metrics"),
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Webhook' || has(a.url))")
+        .message("a Webhook breach action needs url")
+        .field_path(".onBreach"),
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow' || has(a.workflow))")
+        .message("a Workflow breach action needs workflow")
+        .field_path(".onBreach"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricPipelineSpec {
+    /// Event tables the metrics read; the operator creates them in the tenant schema.
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub sources: Vec<Source>,
+
+    /// The governed metrics.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub metrics: Vec<Metric>,
+
+    /// How often metrics are recomputed, such as `5m` or `1h` (at least 30s).
+    #[serde(default = "default_refresh_interval")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}(s|m|h)$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("refreshInterval must be at least 30s"))]
+    pub refresh_interval: String,
+
+    /// What happens when an objective is breached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub on_breach: Vec<BreachAction>,
+
+    /// Stops refreshing while true.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_refresh_interval() -> String {
+    "5m".into()
+}
+
+/// One reaction to a breached objective.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BreachAction {
+    /// `Event`: a Warning Event on the pipeline; `Condition`: the
+    /// `ObjectivesMet` condition turns False; `Webhook`: a POST to `url`;
+    /// `Workflow`: runs the tenant's workflow template.
+    pub kind: BreachActionKind,
+
+    /// HTTPS endpoint for Webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    pub url: Option<String>,
+
+    /// Workflow template for Workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowTemplate>,
+}
+
+/// Kinds of breach action.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreachActionKind {
+    Event,
+    Condition,
+    Webhook,
+    Workflow,
+}
+
+/// Observed state of a pipeline.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricPipelineStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling`, `Stalled`, `SourcesReady` and `ObjectivesMet`.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// When the metrics were last computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+
+    /// Objectives met out of objectives defined, such as `3/4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives_met: Option<String>,
+
+    /// Current value of each metric.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub metrics: Vec<MetricStatus>,
+}
+
+/// Current value of one metric.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// Metric name.
+    pub name: Identifier,
+    /// Value over all partners; absent when there were no rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Whether the objective is met; absent without an objective or value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective_met: Option<bool>,
+    /// Partners breaching the objective, worst first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub breaches: Vec<PartnerBreach>,
+}
+
+/// A partner whose value breaches the objective.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerBreach {
+    /// The partner's identifier (value of the source's partner column).
+    pub partner: String,
+    /// The partner's value.
+    pub value: f64,
+}

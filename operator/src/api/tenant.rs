@@ -1,0 +1,385 @@
+//! `PartnerTenant`: one white-label partner intelligence instance and its
+//! isolated slice of the shared infrastructure.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A managed service provider's tenant: a namespace with guard rails, a
+/// Postgres schema and role, Redis access, Vault/OpenBao secrets and policies,
+/// and workflow templates — none of which any other tenant can reach.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "partnerplane.io",
+    version = "v1alpha1",
+    kind = "PartnerTenant",
+    plural = "partnertenants",
+    shortname = "ptn",
+    category = "partnerplane",
+    status = "PartnerTenantStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
+    printcolumn = r#"{"name":"Schema","type":"string","jsonPath":".status.postgres.schema"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+)]
+#[x_kube(
+    validation = Rule::new("has(self.namespace) == has(oldSelf.namespace) && (!has(self.namespace) || self.namespace == oldSelf.namespace)")
+        .message("namespace is immutable once the tenant exists")
+        .field_path(".namespace")
+        .reason(Reason::FieldValueForbidden)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerTenantSpec {
+    /// Human-readable name of the tenant, shown in its copilot and reports.
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: String,
+
+    /// White-label branding of the tenant's instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branding: Option<Branding>,
+
+    /// Service tier: sets the namespace quota and limits unless `quotas` overrides them.
+    #[serde(default)]
+    pub tier: Tier,
+
+    /// Namespace that holds the tenant's workloads. Defaults to `ptn-<name>`.
+    /// Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+
+    /// The tenant's Postgres schema and role.
+    #[serde(default)]
+    pub postgres: PostgresSpec,
+
+    /// The tenant's Redis access.
+    #[serde(default)]
+    pub redis: RedisSpec,
+
+    /// Where the credentials the operator generates are stored.
+    #[serde(default)]
+    pub secrets: SecretsSpec,
+
+    /// Workflow templates provisioned for the tenant.
+    #[serde(default)]
+    pub workflows: WorkflowsSpec,
+
+    /// Overrides of the tier's namespace quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Quotas>,
+
+    /// Network isolation of the tenant namespace.
+    #[serde(default)]
+    pub network: NetworkSpec,
+
+    /// What deleting the tenant does. `Retain` (default) removes access but
+    /// keeps data and the namespace; `Delete` removes everything.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Stops reconciling the tenant while true; provisioned state is left as is.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// White-label branding.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Branding {
+    /// Product name shown to the tenant's users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub product_name: Option<String>,
+
+    /// Primary colour as `#RRGGBB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^#[0-9A-Fa-f]{6}$"))]
+    pub primary_color: Option<String>,
+
+    /// Accent colour as `#RRGGBB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^#[0-9A-Fa-f]{6}$"))]
+    pub accent_color: Option<String>,
+
+    /// HTTPS URL of the logo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    pub logo_url: Option<String>,
+
+    /// DNS name the tenant's instance is served under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+    )]
+    pub domain: Option<String>,
+}
+
+/// Service tier.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tier {
+    Starter,
+    #[default]
+    Standard,
+    Enterprise,
+}
+
+/// The tenant's Postgres slice.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Name of the Postgres backend (from the operator's configuration) that
+    /// holds the tenant's schema. Immutable.
+    #[serde(default = "default_backend")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("postgres.backend is immutable").reason(Reason::FieldValueForbidden))]
+    pub backend: String,
+
+    /// Extensions the tenant may use; they live in a shared extensions schema.
+    #[serde(default = "default_extensions")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub extensions: Vec<PostgresExtension>,
+}
+
+impl Default for PostgresSpec {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            extensions: default_extensions(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "default".into()
+}
+
+fn default_extensions() -> Vec<PostgresExtension> {
+    vec![PostgresExtension::Vector]
+}
+
+/// A Postgres extension offered to tenants.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PostgresExtension {
+    /// pgvector: vector types and HNSW indexes.
+    Vector,
+    /// Trigram matching for fuzzy text search.
+    PgTrgm,
+}
+
+/// The tenant's Redis access.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Dedicated' || has(self.memory)")
+        .message("a Dedicated Redis needs redis.memory")
+        .field_path(".memory")
+        .reason(Reason::FieldValueRequired)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// `Shared`: an ACL user on the shared Redis confined to the tenant's key
+    /// prefix. `Dedicated`: a Redis of the tenant's own in its namespace.
+    #[serde(default)]
+    pub mode: RedisMode,
+
+    /// Memory of a Dedicated Redis (for example `256Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// How the tenant gets Redis.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedisMode {
+    #[default]
+    Shared,
+    Dedicated,
+}
+
+/// Where generated credentials go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsSpec {
+    /// `Vault` stores credentials in the tenant's Vault/OpenBao paths only;
+    /// `KubernetesSecret` in a Secret in the tenant namespace only; `Both` in both.
+    #[serde(default)]
+    pub store: SecretStore,
+}
+
+/// Credential store.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecretStore {
+    #[default]
+    Vault,
+    KubernetesSecret,
+    Both,
+}
+
+/// Workflow templates to enable.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowsSpec {
+    /// Templates provisioned for the tenant in the workflow engine.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub templates: Vec<WorkflowTemplate>,
+}
+
+/// A reusable workflow template.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkflowTemplate {
+    /// Escalates a breached service-level objective to the partner's owner.
+    SlaBreachEscalation,
+    /// Collects compliance evidence (certifications, insurance, audits) on a schedule.
+    EvidenceCollection,
+    /// Routes exceptions (credits, contract changes) to a human approver.
+    ExceptionRouting,
+    /// Builds the weekly partner performance pack.
+    WeeklyPartnerPerformancePack,
+}
+
+/// Namespace quota overrides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    /// Total CPU requests allowed in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Total memory requests allowed in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Maximum number of pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub pods: Option<i32>,
+    /// Total persistent storage requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Quantity>,
+}
+
+/// Network isolation of the tenant namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// `Strict` (default): deny all traffic except within the namespace, DNS and
+    /// the shared backends. `Open`: no NetworkPolicy.
+    #[serde(default)]
+    pub isolation: NetworkIsolation,
+
+    /// Namespaces (by name) whose pods may reach the tenant's workloads, such
+    /// as an ingress controller's.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub allow_from_namespaces: Vec<NamespaceName>,
+}
+
+/// A namespace name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespaceName(
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub  String,
+);
+
+/// Network isolation mode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetworkIsolation {
+    #[default]
+    Strict,
+    Open,
+}
+
+/// What deleting the tenant does to its data.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Remove access (role disabled, ACL user and policies removed) and keep
+    /// data and the namespace.
+    #[default]
+    Retain,
+    /// Remove everything the operator provisioned.
+    Delete,
+}
+
+/// Observed state of a tenant: the names actually provisioned and a condition per part.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerTenantStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling`, `Stalled` and one condition per part:
+    /// `NamespaceReady`, `DatabaseReady`, `CacheReady`, `SecretsReady`.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+
+    /// The tenant's Postgres schema and role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStatus>,
+
+    /// The tenant's Redis access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStatus>,
+
+    /// The tenant's Vault/OpenBao paths, policy and auth role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultStatus>,
+
+    /// Secret in the tenant namespace holding the generated credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// Provisioned Postgres names.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresStatus {
+    /// Backend holding the schema.
+    pub backend: String,
+    /// The tenant's schema.
+    pub schema: String,
+    /// The tenant's login role.
+    pub role: String,
+}
+
+/// Provisioned Redis names.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStatus {
+    /// Shared or Dedicated.
+    pub mode: RedisMode,
+    /// ACL user (Shared mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Prefix of every key and channel the tenant may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Service of the tenant's own Redis (Dedicated mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// Provisioned Vault/OpenBao names.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultStatus {
+    /// KV v2 mount.
+    pub mount: String,
+    /// Path prefix under the mount that belongs to the tenant.
+    pub path: String,
+    /// Policy that reads only the tenant's paths.
+    pub policy: String,
+    /// Kubernetes-auth role bound to the tenant namespace's service accounts.
+    pub auth_role: String,
+}

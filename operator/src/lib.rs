@@ -1,0 +1,9 @@
+//! partnerplane: a Kubernetes operator that provisions isolated, white-label
+//! partner intelligence tenants on shared infrastructure.
+
+pub mod api;
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod run;
+pub mod telemetry;
