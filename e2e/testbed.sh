@@ -126,8 +126,21 @@ rules:
 EOF
 }
 
+write_kwokctl_config() {
+  # Bind every component to loopback (kwokctl's default is all interfaces).
+  cat >"$TB/kwokctl.yaml" <<'EOF'
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  bindAddress: 127.0.0.1
+EOF
+}
+
 up_kubernetes() {
-  if [[ -f $KUBECONFIG_PATH ]] && kube_ready; then return; fi
+  if [[ -f $KUBECONFIG_PATH ]] && kube_ready >/dev/null 2>&1; then
+    apply_nodes
+    return
+  fi
   export KWOK_KUBE_VERSION=$K8S_VERSION KWOK_KUBECTL_BINARY=$BIN/kubectl
   if [[ -d $KWOK_WORKDIR/clusters/$CLUSTER ]]; then
     log "restarting the Kubernetes control plane"
@@ -136,12 +149,14 @@ up_kubernetes() {
   else
     log "creating the Kubernetes control plane ($K8S_VERSION, KWOK nodes)"
     write_audit_policy
-    "$BIN/kwokctl" create cluster --name "$CLUSTER" --runtime binary \
+    write_kwokctl_config
+    "$BIN/kwokctl" --config "$TB/kwokctl.yaml" create cluster --name "$CLUSTER" --runtime binary \
       --secure-port --kube-authorization --kube-admission \
       --kube-apiserver-port "$API_PORT" --etcd-port "$ETCD_PORT" \
       --kube-controller-manager-port "$KCM_PORT" --kube-scheduler-port "$SCHED_PORT" \
       --controller-port "$KWOK_PORT" \
       --kube-audit-policy "$TB/audit-policy.yaml" \
+      --extra-args kube-apiserver=anonymous-auth=false \
       --etcd-binary "$BIN/etcd" --kube-apiserver-binary "$BIN/kube-apiserver" \
       --kube-controller-manager-binary "$BIN/kube-controller-manager" \
       --kube-scheduler-binary "$BIN/kube-scheduler" --kwok-controller-binary "$BIN/kwok" \
@@ -149,8 +164,12 @@ up_kubernetes() {
       die "kwokctl create failed (see $LOGS/kwokctl.log)"
   fi
   wait_for "kube-apiserver" 120 kube_ready
+  apply_nodes
+}
+
+apply_nodes() {
   kube apply -f "$ROOT/e2e/testbed/nodes.yaml" >/dev/null
-  wait_for "KWOK node" 60 kube wait --for=condition=Ready node --all --timeout=1s
+  wait_for "KWOK nodes" 60 kube wait --for=condition=Ready node -l type=kwok --timeout=1s
 }
 
 # --- PostgreSQL ----------------------------------------------------------------
@@ -292,7 +311,7 @@ cmd_down() {
   if [[ -f $TB/pg/data/PG_VERSION ]]; then
     runuser -u "$PG_USER" -- "$(pg_bin)/pg_ctl" -D "$TB/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  rm -rf "$TB/kwok" "$TB/pg" "$TB/redis" "$TB/bao" "$TB/env" "$TB/ports" "$TB/audit-policy.yaml"
+  rm -rf "$TB/kwok" "$TB/pg" "$TB/redis" "$TB/bao" "$TB/env" "$TB/ports" "$TB/audit-policy.yaml" "$TB/kwokctl.yaml"
   log "stopped; cached binaries kept in $BIN and $VENV"
 }
 

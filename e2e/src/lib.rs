@@ -169,7 +169,9 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
 
 /// A loopback port that is free right now.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Testbed {

@@ -63,7 +63,9 @@ async fn a_deployment_becomes_available() -> anyhow::Result<()> {
             }
         }
     }))?;
-    deployments.create(&PostParams::default(), &deployment).await?;
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
 
     let result = wait_until("Deployment web Available", Duration::from_secs(60), || {
         let deployments = deployments.clone();
@@ -87,9 +89,7 @@ async fn a_deployment_becomes_available() -> anyhow::Result<()> {
 async fn a_request_without_credentials_is_unauthorized() -> anyhow::Result<()> {
     let testbed = Testbed::load()?;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&testbed.kube_ca)?)?;
-    let http = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()?;
+    let http = reqwest::Client::builder().tls_certs_only([ca]).build()?;
     let response = http
         .get(format!("{}/api/v1/namespaces", testbed.api_server()?))
         .send()

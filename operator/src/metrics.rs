@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn build_info_is_exported() {
         let text = Metrics::new().encode();
-        assert!(text.contains("partnerplane_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("partnerplane_build_info{version=\""),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

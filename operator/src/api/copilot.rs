@@ -24,7 +24,7 @@ use super::metric::Identifier;
     printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
     printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.availableReplicas"}"#,
     printcolumn = r#"{"name":"Index","type":"string","jsonPath":".status.indexTable"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CopilotDeploymentSpec {
@@ -32,7 +32,10 @@ pub struct CopilotDeploymentSpec {
     pub role: CopilotRole,
 
     /// Container image of the copilot server.
-    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9])?$")
+    )]
     pub image: String,
 
     /// Replicas when autoscaling is not set.
@@ -101,7 +104,10 @@ pub struct ModelSpec {
     #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub endpoint: String,
     /// Model name sent with each request.
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"))]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    )]
     pub name: String,
     /// Where the API key is held; the key itself never appears in a manifest.
     pub api_key: ApiKeyRef,
@@ -128,7 +134,10 @@ pub struct ApiKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct VaultKeyRef {
     /// Path relative to the tenant's KV prefix, such as `models/openai`.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    )]
     pub path: String,
     /// Field of the secret holding the key.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
@@ -140,7 +149,10 @@ pub struct VaultKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key within the Secret.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]

@@ -25,7 +25,7 @@ use super::tenant::WorkflowTemplate;
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Objectives Met","type":"string","jsonPath":".status.objectivesMet"}"#,
     printcolumn = r#"{"name":"Last Refresh","type":"date","jsonPath":".status.lastRefreshTime"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
     validation = Rule::new("self.metrics.all(m, self.sources.exists(s, s.name == m.source))")
