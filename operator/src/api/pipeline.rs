@@ -34,12 +34,6 @@ use super::tenant::WorkflowTemplate;
     validation = Rule::new("self.metrics.all(m, !has(m.aggregate.column) || self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == m.aggregate.column)))")
         .message("a metric's aggregate.column must be a column of its source")
         .field_path(".metrics"),
-    validation = Rule::new("self.metrics.all(m, !has(m.filters) || m.filters.all(f, self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == f.column))))")
-        .message("a metric's filters must use columns of its source")
-        .field_path(".metrics"),
-    validation = Rule::new("self.metrics.all(m, !has(m.groupBy) || m.groupBy.all(g, self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == g))))")
-        .message("a metric's groupBy must use columns of its source")
-        .field_path(".metrics"),
     validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Webhook' || has(a.url))")
         .message("a Webhook breach action needs url")
         .field_path(".onBreach"),

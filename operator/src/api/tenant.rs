@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
-    validation = Rule::new("has(self.namespace) == has(oldSelf.namespace) && (!has(self.namespace) || self.namespace == oldSelf.namespace)")
+    validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)")
         .message("namespace is immutable once the tenant exists")
         .field_path(".namespace")
         .reason(Reason::FieldValueForbidden)

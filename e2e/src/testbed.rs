@@ -1,0 +1,168 @@
+//! Addresses and admin credentials of the running test bed (`e2e/.testbed/env`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+/// Addresses and admin credentials of the running test bed.
+#[derive(Debug, Clone)]
+pub struct Testbed {
+    pub kubeconfig: PathBuf,
+    pub kube_ca: PathBuf,
+    pub audit_log: PathBuf,
+    pub pg_admin_dsn: String,
+    pub redis_admin_url: String,
+    pub bao_addr: String,
+    pub bao_token: String,
+    vars: HashMap<String, String>,
+}
+
+impl Testbed {
+    /// Reads `e2e/.testbed/env`, written by `e2e/testbed.sh up`.
+    pub fn load() -> anyhow::Result<Self> {
+        // HTTP clients here use rustls without a built-in provider; ring is the one kube uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let path = repo_root().join("e2e/.testbed/env");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} — bring the test bed up first: e2e/testbed.sh up",
+                path.display()
+            )
+        })?;
+        let vars = parse_env(&text);
+        let get = |key: &str| {
+            vars.get(key)
+                .cloned()
+                .with_context(|| format!("{key} missing from {}", path.display()))
+        };
+        Ok(Self {
+            kubeconfig: get("KUBECONFIG")?.into(),
+            kube_ca: get("PARTNERPLANE_TESTBED_KUBE_CA")?.into(),
+            audit_log: get("PARTNERPLANE_TESTBED_AUDIT_LOG")?.into(),
+            pg_admin_dsn: get("PARTNERPLANE_PG_ADMIN_DSN")?,
+            redis_admin_url: get("PARTNERPLANE_REDIS_ADMIN_URL")?,
+            bao_addr: get("BAO_ADDR")?,
+            bao_token: get("VAULT_TOKEN")?,
+            vars,
+        })
+    }
+
+    /// The environment a child process (the operator, kubectl) needs to reach the test bed.
+    pub fn env(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        let path = std::env::var("PATH").unwrap_or_default();
+        self.vars
+            .iter()
+            .map(move |(k, v)| (k.clone(), v.replace("$PATH", &path)))
+    }
+
+    /// The API server's address, e.g. `https://127.0.0.1:20123`.
+    pub fn api_server(&self) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("server:"))
+            .map(|s| s.trim().to_string())
+            .context("no server in the test bed kubeconfig")
+    }
+
+    /// A client with the test bed's admin credentials.
+    pub async fn kube_admin(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A client that authenticates with a bearer token (for example a ServiceAccount's).
+    pub async fn kube_with_token(&self, token: &str) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The repository's top folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
+
+/// The operator binary built by `cargo build -p partnerplane` (or `$PARTNERPLANE_BIN`).
+pub fn operator_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("PARTNERPLANE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"));
+            target.join("debug/partnerplane")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "operator binary {} not found — build it first: cargo build -p partnerplane",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A loopback port that is free right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Testbed {
+    /// The Redis URL for another user of the same server.
+    pub fn redis_url_as(&self, user: &str, password: &str) -> anyhow::Result<String> {
+        let mut url = reqwest::Url::parse(&self.redis_admin_url)?;
+        url.set_username(user)
+            .and_then(|()| url.set_password(Some(password)))
+            .map_err(|()| anyhow::anyhow!("cannot set credentials on the Redis URL"))?;
+        Ok(url.to_string())
+    }
+
+    /// A client with the test bed's OpenBao root token.
+    pub fn bao_admin(&self) -> anyhow::Result<vaultrs::client::VaultClient> {
+        self.bao_with_token(&self.bao_token)
+    }
+
+    /// A client that acts with `token`.
+    pub fn bao_with_token(&self, token: &str) -> anyhow::Result<vaultrs::client::VaultClient> {
+        let settings = vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&self.bao_addr)
+            .token(token)
+            .build()?;
+        Ok(vaultrs::client::VaultClient::new(settings)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exported_and_plain_lines() {
+        let vars = parse_env("# c\nexport A=1\nB=x=y\n\n");
+        assert_eq!(vars["A"], "1");
+        assert_eq!(vars["B"], "x=y");
+        assert_eq!(vars.len(), 2);
+    }
+}
