@@ -2,8 +2,11 @@
 //! partner intelligence tenants on shared infrastructure.
 
 pub mod api;
+pub mod backends;
 pub mod cli;
+pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod naming;
 pub mod run;
 pub mod telemetry;

@@ -53,6 +53,11 @@ pub struct PartnerTenantSpec {
         length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
+    // Written as a schema extension: kube drops field rules on `Option` fields.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "namespace is immutable once the tenant exists", "reason": "FieldValueForbidden"},
+        {"rule": "!self.startsWith('kube-') && self != 'default'", "message": "namespace cannot be default or a kube- system namespace"}
+    ]))]
     pub namespace: Option<String>,
 
     /// The tenant's Postgres schema and role.
@@ -196,6 +201,7 @@ pub struct RedisSpec {
 
     /// Memory of a Dedicated Redis (for example `256Mi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 256Mi or 2"}]))]
     pub memory: Option<Quantity>,
 }
 
@@ -256,9 +262,11 @@ pub enum WorkflowTemplate {
 pub struct Quotas {
     /// Total CPU requests allowed in the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 256Mi or 2"}]))]
     pub cpu: Option<Quantity>,
     /// Total memory requests allowed in the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 256Mi or 2"}]))]
     pub memory: Option<Quantity>,
     /// Maximum number of pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +274,7 @@ pub struct Quotas {
     pub pods: Option<i32>,
     /// Total persistent storage requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 256Mi or 2"}]))]
     pub storage: Option<Quantity>,
 }
 

@@ -1,0 +1,216 @@
+//! Redis (shared mode): one ACL user per tenant, confined to its key prefix
+//! and channels, with the commands that ignore key patterns denied.
+//!
+//! `ACL GETUSER` is compared with the desired user first, so a converged
+//! tenant costs one read and no write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+
+use crate::metrics::Metrics;
+use crate::naming::TenantNames;
+
+/// Command rules of every tenant user, in the form Redis reports them.
+/// `@dangerous` includes `@admin`, KEYS, FLUSHALL, FLUSHDB and SWAPDB; SCAN,
+/// RANDOMKEY and SELECT ignore key patterns too and are denied one by one.
+pub const COMMAND_RULES: &str = "+@all -@dangerous -randomkey -scan -select";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(#[source] redis::RedisError),
+}
+
+/// The desired ACL user of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclUser {
+    pub name: String,
+    pub password_sha256: String,
+    pub key_pattern: String,
+    pub channel_pattern: String,
+}
+
+impl AclUser {
+    pub fn new(names: &TenantNames, password: &str) -> Self {
+        Self {
+            name: names.redis_user.clone(),
+            password_sha256: hex::encode(Sha256::digest(password.as_bytes())),
+            key_pattern: format!("~{}*", names.redis_key_prefix),
+            channel_pattern: format!("&{}*", names.redis_key_prefix),
+        }
+    }
+
+    /// `ACL SETUSER` arguments; `reset` first, so nothing else survives.
+    pub fn setuser_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "SETUSER".to_string(),
+            self.name.clone(),
+            "reset".into(),
+            "on".into(),
+            format!("#{}", self.password_sha256),
+            self.key_pattern.clone(),
+            "resetchannels".into(),
+            self.channel_pattern.clone(),
+        ];
+        args.extend(COMMAND_RULES.split(' ').map(str::to_string));
+        args
+    }
+
+    /// Whether the user Redis reports (`ACL GETUSER` as field → values) is this one.
+    pub fn matches(&self, reported: &std::collections::HashMap<String, redis::Value>) -> bool {
+        let text = |key: &str| reported.get(key).map(value_strings).unwrap_or_default();
+        text("flags").contains(&"on".to_string())
+            && text("passwords") == vec![self.password_sha256.clone()]
+            && text("keys") == vec![self.key_pattern.clone()]
+            && text("channels") == vec![self.channel_pattern.clone()]
+            && text("commands") == vec![COMMAND_RULES.to_string()]
+    }
+}
+
+fn value_strings(value: &redis::Value) -> Vec<String> {
+    match value {
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().flat_map(value_strings).collect()
+        }
+        redis::Value::BulkString(bytes) => vec![String::from_utf8_lossy(bytes).into_owned()],
+        redis::Value::SimpleString(s) => vec![s.clone()],
+        _ => vec![],
+    }
+}
+
+/// An admin connection to the shared Redis; reconnects by itself.
+#[derive(Clone)]
+pub struct Redis {
+    connection: ConnectionManager,
+    metrics: Arc<Metrics>,
+}
+
+impl Redis {
+    pub async fn connect(
+        url: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        // Connecting lazily lets the operator start while Redis is down.
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            metrics,
+        })
+    }
+
+    /// Creates or corrects the tenant's ACL user; returns whether it wrote.
+    pub async fn ensure_user(&self, user: &AclUser) -> Result<bool, RedisError> {
+        let _timer = self.metrics.backend_timer("redis", "ensure_user");
+        let mut con = self.connection.clone();
+        let reported: Option<std::collections::HashMap<String, redis::Value>> = redis::cmd("ACL")
+            .arg("GETUSER")
+            .arg(&user.name)
+            .query_async(&mut con)
+            .await
+            .map_err(RedisError::Unavailable)?;
+        if reported.as_ref().is_some_and(|r| user.matches(r)) {
+            return Ok(false);
+        }
+        let _: () = redis::cmd("ACL")
+            .arg(user.setuser_args())
+            .query_async(&mut con)
+            .await
+            .map_err(RedisError::Unavailable)?;
+        self.metrics.backend_wrote("redis", 1);
+        Ok(true)
+    }
+
+    /// Removes the tenant's user (its open connections are closed by Redis).
+    pub async fn remove_user(&self, name: &str) -> Result<(), RedisError> {
+        let _timer = self.metrics.backend_timer("redis", "remove_user");
+        let mut con = self.connection.clone();
+        let removed: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(name)
+            .query_async(&mut con)
+            .await
+            .map_err(RedisError::Unavailable)?;
+        self.metrics.backend_wrote("redis", removed as u64);
+        Ok(())
+    }
+
+    /// Deletes every key under `prefix`.
+    pub async fn delete_keys(&self, prefix: &str) -> Result<(), RedisError> {
+        let _timer = self.metrics.backend_timer("redis", "delete_keys");
+        let mut con = self.connection.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await
+                .map_err(RedisError::Unavailable)?;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(RedisError::Unavailable)?;
+                self.metrics.backend_wrote("redis", 1);
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn bulk(s: &str) -> redis::Value {
+        redis::Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn setuser_confines_keys_and_channels_to_the_prefix() {
+        let user = AclUser::new(&TenantNames::new("acme", None), "pw");
+        let args = user.setuser_args();
+        assert_eq!(&args[..4], ["SETUSER", "tenant-acme", "reset", "on"]);
+        assert!(args.contains(&"~t:acme:*".to_string()));
+        assert!(args.contains(&"&t:acme:*".to_string()));
+        for denied in ["-@dangerous", "-scan", "-randomkey", "-select"] {
+            assert!(args.contains(&denied.to_string()), "{denied}");
+        }
+        assert!(!args.iter().any(|a| a.contains("pw") && !a.starts_with('#')));
+    }
+
+    #[test]
+    fn a_reported_user_matches_only_when_every_rule_does() {
+        let user = AclUser::new(&TenantNames::new("acme", None), "pw");
+        let mut reported = HashMap::from([
+            ("flags".to_string(), redis::Value::Array(vec![bulk("on")])),
+            (
+                "passwords".to_string(),
+                redis::Value::Array(vec![bulk(&user.password_sha256)]),
+            ),
+            ("keys".to_string(), bulk("~t:acme:*")),
+            ("channels".to_string(), bulk("&t:acme:*")),
+            ("commands".to_string(), bulk(COMMAND_RULES)),
+        ]);
+        assert!(user.matches(&reported));
+        reported.insert("keys".to_string(), bulk("~*"));
+        assert!(!user.matches(&reported));
+    }
+}

@@ -1,0 +1,174 @@
+//! The operator's configuration file: which shared backends exist and which
+//! Secrets hold their admin credentials. Read once at start-up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde::Deserialize;
+
+/// The configuration file (YAML).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Named Postgres backends; tenants choose one by name.
+    pub postgres: Vec<PostgresBackendConfig>,
+    /// The shared Redis.
+    pub redis: RedisConfig,
+    /// The Vault/OpenBao server.
+    pub vault: VaultConfig,
+    /// Per-request timeout against any backend, so one slow backend cannot
+    /// hold a reconcile forever.
+    #[serde(default = "default_backend_timeout", with = "seconds")]
+    pub backend_timeout: Duration,
+}
+
+/// One Postgres backend.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresBackendConfig {
+    pub name: String,
+    /// Secret key holding an admin connection string (`postgres://…`).
+    pub dsn_secret: SecretKeyRef,
+    /// Size of the backend's connection pool.
+    #[serde(default = "default_pool_size")]
+    pub max_connections: usize,
+}
+
+/// The shared Redis.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Secret key holding an admin URL (`redis://user:password@host:port`).
+    pub url_secret: SecretKeyRef,
+}
+
+/// The Vault/OpenBao server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Server address, such as `https://vault.vault.svc:8200`.
+    pub address: String,
+    /// Secret key holding a token allowed to manage policies, auth roles and the KV mount.
+    pub token_secret: SecretKeyRef,
+    /// KV v2 mount holding tenant secrets.
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// Kubernetes auth mount.
+    #[serde(default = "default_auth_mount")]
+    pub auth_mount: String,
+}
+
+/// A key of a Secret.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+fn default_backend_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+
+fn default_auth_mount() -> String {
+    "kubernetes".into()
+}
+
+mod seconds {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        f64::deserialize(d).map(Duration::from_secs_f64)
+    }
+}
+
+impl OperatorConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration {}", path.display()))?;
+        let config: Self = serde_yaml::from_str(&text)
+            .with_context(|| format!("parsing the configuration {}", path.display()))?;
+        anyhow::ensure!(
+            !config.postgres.is_empty(),
+            "the configuration names no Postgres backend"
+        );
+        Ok(config)
+    }
+}
+
+impl SecretKeyRef {
+    /// Reads the value with a single GET: the operator never caches Secrets it does not own.
+    pub async fn read(&self, client: &kube::Client) -> anyhow::Result<String> {
+        let secret = Api::<Secret>::namespaced(client.clone(), &self.namespace)
+            .get(&self.name)
+            .await
+            .with_context(|| format!("reading Secret {}/{}", self.namespace, self.name))?;
+        let bytes = secret
+            .data
+            .and_then(|mut d| d.remove(&self.key))
+            .with_context(|| {
+                format!(
+                    "Secret {}/{} has no key {}",
+                    self.namespace, self.name, self.key
+                )
+            })?;
+        String::from_utf8(bytes.0).with_context(|| {
+            format!(
+                "Secret {}/{} key {} is not UTF-8",
+                self.namespace, self.name, self.key
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_configuration() {
+        let config: OperatorConfig = serde_yaml::from_str(
+            r#"
+postgres:
+  - name: default
+    dsnSecret: {namespace: partnerplane-system, name: pg, key: dsn}
+  - name: eu-west
+    dsnSecret: {namespace: partnerplane-system, name: pg-eu, key: dsn}
+    maxConnections: 4
+redis:
+  urlSecret: {namespace: partnerplane-system, name: redis, key: url}
+vault:
+  address: http://127.0.0.1:8200
+  tokenSecret: {namespace: partnerplane-system, name: vault, key: token}
+backendTimeout: 2.5
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.postgres.len(), 2);
+        assert_eq!(config.postgres[0].max_connections, 8);
+        assert_eq!(config.vault.kv_mount, "secret");
+        assert_eq!(config.backend_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_yaml::from_str::<OperatorConfig>(
+            "postgres: []\nredis: {}\nvault: {}\nbogus: 1\n",
+        );
+        assert!(err.is_err());
+    }
+}
