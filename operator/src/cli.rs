@@ -37,8 +37,33 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 
     /// Log filter in `RUST_LOG` syntax.
-    #[arg(long, env = "PARTNERPLANE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        env = "PARTNERPLANE_LOG",
+        default_value = "info,rustify=off,vaultrs=off"
+    )]
     pub log_filter: String,
+
+    /// Configuration file naming the shared backends (see `config/operator.example.yaml`).
+    #[arg(long, env = "PARTNERPLANE_CONFIG")]
+    pub config: std::path::PathBuf,
+
+    /// Tenants reconciled at the same time.
+    #[arg(long, env = "PARTNERPLANE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Seconds between drift checks of a Ready tenant's backends.
+    #[arg(long, env = "PARTNERPLANE_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+
+    /// TCP ports tenant workloads may reach the shared backends on.
+    #[arg(
+        long,
+        env = "PARTNERPLANE_BACKEND_PORTS",
+        value_delimiter = ',',
+        default_value = "5432,6379,8200,443"
+    )]
+    pub backend_ports: Vec<u16>,
 }
 
 /// Parses the command line and runs the chosen command.

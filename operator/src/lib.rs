@@ -2,11 +2,16 @@
 //! partner intelligence tenants on shared infrastructure.
 
 pub mod api;
+pub mod apply;
 pub mod backends;
 pub mod cli;
 pub mod config;
+pub mod context;
+pub mod credentials;
 pub mod http;
 pub mod metrics;
 pub mod naming;
 pub mod run;
 pub mod telemetry;
+pub mod tenant;
+pub mod watches;

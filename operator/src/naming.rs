@@ -86,6 +86,16 @@ fn short_hash(name: &str) -> String {
     hex::encode(&Sha256::digest(name.as_bytes())[..5])
 }
 
+/// A label value for `name`: the name itself when it fits (63 characters),
+/// else a shortened form with a hash.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let head: String = name.chars().take(63 - 11).collect();
+    format!("{}-{}", head.trim_end_matches(['-', '.']), short_hash(name))
+}
+
 /// `ident` as a quoted Postgres identifier.
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -138,6 +148,14 @@ mod tests {
         assert_ne!(a.schema, b.schema);
         assert_ne!(a.role, b.role);
         assert_ne!(a.namespace, b.namespace);
+    }
+
+    #[test]
+    fn long_names_get_valid_label_values() {
+        let value = label_value(&"n".repeat(200));
+        assert!(value.len() <= 63);
+        assert_ne!(value, label_value(&format!("{}x", "n".repeat(199))));
+        assert_eq!(label_value("acme"), "acme");
     }
 
     #[test]

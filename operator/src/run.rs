@@ -1,17 +1,32 @@
-//! The operator's main loop: connect, serve endpoints, stop cleanly on SIGTERM.
+//! Start-up and shutdown: connect, check the CRDs, build the backends, run
+//! the controller and the HTTP endpoints, stop cleanly on SIGTERM.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::backends::postgres::Postgres;
+use crate::backends::redis::Redis;
+use crate::backends::vault::Vault;
 use crate::cli::RunArgs;
+use crate::config::OperatorConfig;
+use crate::context::{Backoff, Context, Endpoints, Settings};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
+use crate::{tenant, watches};
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // vaultrs's HTTP client uses rustls without a built-in provider; ring is the one kube uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = OperatorConfig::load(&args.config)?;
     let client = kube::Client::try_default()
         .await
         .context("loading the Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
@@ -20,26 +35,151 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("reaching the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to the Kubernetes API server");
+    check_crds(&client).await?;
 
     let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::default();
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (postgres, endpoints_pg) = postgres_backends(&config, &client, metrics.clone()).await?;
+    let redis_url = config.redis.url_secret.read(&client).await?;
+    let redis = Redis::connect(&redis_url, config.backend_timeout, metrics.clone()).await?;
+    let vault_token = config.vault.token_secret.read(&client).await?;
+    let vault = Vault::new(
+        &config.vault,
+        &vault_token,
+        config.backend_timeout,
+        metrics.clone(),
+    )?;
+    let (redis_host, redis_port) = host_port(&redis_url, 6379)?;
 
+    let (stores, streams) = watches::build(&client);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "partnerplane.io/operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    // One task awaits the caches (kube's ready signal wakes a single waiter)
+    // and tells everyone else through a watch channel.
+    let (caches_tx, caches_ready) = watch::channel(false);
+    let readiness = Readiness::default();
+    let ready_flag = readiness.clone();
+    let waiting_stores = stores.clone();
+    tokio::spawn(async move {
+        if waiting_stores.wait_until_ready().await.is_ok() {
+            tracing::info!("caches synced; ready");
+            let _ = caches_tx.send(true);
+            ready_flag.set(true);
+        }
+    });
+    let ctx = Arc::new(Context {
+        client,
+        postgres,
+        redis,
+        vault,
+        endpoints: Endpoints {
+            postgres: endpoints_pg,
+            redis_host,
+            redis_port,
+            vault_address: config.vault.address.clone(),
+        },
+        stores,
+        settings: Settings {
+            resync: Duration::from_secs(args.resync_seconds),
+            backend_ports: args.backend_ports.clone(),
+        },
+        metrics: metrics.clone(),
+        recorder,
+        backoff: Backoff::default(),
+        caches_ready,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(http::serve(
         args.http_addr,
         metrics,
         readiness.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let controller = tokio::spawn(tenant::run(
+        ctx,
+        streams,
+        args.concurrency,
         stopped(stop_rx),
     ));
-    readiness.set(true);
-
     wait_for_signal().await?;
     tracing::info!("shutting down");
     readiness.set(false);
     let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(20), controller)
+        .await
+        .is_err()
+    {
+        tracing::warn!("reconciles still running after 20s; stopping anyway");
+    }
     server.await.context("HTTP server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Fails fast with a clear message when the CRDs are missing.
+async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crate::api::crd::all() {
+        let name = crd.metadata.name.unwrap_or_default();
+        crds.get(&name).await.with_context(|| {
+            format!("CRD {name} is not installed: kubectl apply --server-side -f crds/")
+        })?;
+    }
+    Ok(())
+}
+
+async fn postgres_backends(
+    config: &OperatorConfig,
+    client: &kube::Client,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Postgres, BTreeMap<String, BTreeMap<String, String>>)> {
+    let mut backends = vec![];
+    let mut endpoints = BTreeMap::new();
+    for backend in &config.postgres {
+        let dsn = backend.dsn_secret.read(client).await?;
+        let parsed: tokio_postgres::Config = dsn.parse().with_context(|| {
+            format!(
+                "Postgres backend {} has an invalid connection string",
+                backend.name
+            )
+        })?;
+        let host = match parsed.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "localhost".to_string(),
+        };
+        let port = parsed.get_ports().first().copied().unwrap_or(5432);
+        endpoints.insert(
+            backend.name.clone(),
+            BTreeMap::from([
+                ("PGHOST".to_string(), host),
+                ("PGPORT".to_string(), port.to_string()),
+                (
+                    "PGDATABASE".to_string(),
+                    parsed.get_dbname().unwrap_or("postgres").to_string(),
+                ),
+            ]),
+        );
+        backends.push((backend.clone(), dsn));
+    }
+    Ok((
+        Postgres::new(&backends, config.backend_timeout, metrics)?,
+        endpoints,
+    ))
+}
+
+fn host_port(url: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(url).context("the Redis URL is invalid")?;
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => Ok((host.clone(), *port)),
+        _ => Ok(("localhost".into(), default_port)),
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

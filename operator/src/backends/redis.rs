@@ -4,6 +4,7 @@
 //! `ACL GETUSER` is compared with the desired user first, so a converged
 //! tenant costs one read and no write.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ impl AclUser {
     }
 
     /// Whether the user Redis reports (`ACL GETUSER` as field → values) is this one.
-    pub fn matches(&self, reported: &std::collections::HashMap<String, redis::Value>) -> bool {
+    pub fn matches(&self, reported: &HashMap<String, redis::Value>) -> bool {
         let text = |key: &str| reported.get(key).map(value_strings).unwrap_or_default();
         text("flags").contains(&"on".to_string())
             && text("passwords") == vec![self.password_sha256.clone()]
@@ -110,13 +111,8 @@ impl Redis {
     /// Creates or corrects the tenant's ACL user; returns whether it wrote.
     pub async fn ensure_user(&self, user: &AclUser) -> Result<bool, RedisError> {
         let _timer = self.metrics.backend_timer("redis", "ensure_user");
+        let reported = self.get_user(&user.name).await?;
         let mut con = self.connection.clone();
-        let reported: Option<std::collections::HashMap<String, redis::Value>> = redis::cmd("ACL")
-            .arg("GETUSER")
-            .arg(&user.name)
-            .query_async(&mut con)
-            .await
-            .map_err(RedisError::Unavailable)?;
         if reported.as_ref().is_some_and(|r| user.matches(r)) {
             return Ok(false);
         }
@@ -129,9 +125,33 @@ impl Redis {
         Ok(true)
     }
 
-    /// Removes the tenant's user (its open connections are closed by Redis).
-    pub async fn remove_user(&self, name: &str) -> Result<(), RedisError> {
+    async fn get_user(
+        &self,
+        name: &str,
+    ) -> Result<Option<HashMap<String, redis::Value>>, RedisError> {
+        let mut con = self.connection.clone();
+        redis::cmd("ACL")
+            .arg("GETUSER")
+            .arg(name)
+            .query_async(&mut con)
+            .await
+            .map_err(RedisError::Unavailable)
+    }
+
+    /// Creates the user if it does not exist; an existing one is left as is.
+    pub async fn ensure_user_exists(&self, user: &AclUser) -> Result<bool, RedisError> {
+        if self.get_user(&user.name).await?.is_some() {
+            return Ok(false);
+        }
+        self.ensure_user(user).await
+    }
+
+    /// Removes the tenant's user if it exists (Redis closes its connections).
+    pub async fn remove_user_if_present(&self, name: &str) -> Result<(), RedisError> {
         let _timer = self.metrics.backend_timer("redis", "remove_user");
+        if self.get_user(name).await?.is_none() {
+            return Ok(());
+        }
         let mut con = self.connection.clone();
         let removed: i64 = redis::cmd("ACL")
             .arg("DELUSER")
@@ -177,7 +197,6 @@ impl Redis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn bulk(s: &str) -> redis::Value {
         redis::Value::BulkString(s.as_bytes().to_vec())

@@ -1,0 +1,354 @@
+//! The Kubernetes objects of a tenant, as pure functions of its spec.
+//!
+//! The namespace carries no owner reference: deleting the PartnerTenant (or
+//! its CRD) must never garbage-collect a tenant's namespace. Objects inside it
+//! are owned by the tenant so that `Delete` cleans them up; `Retain` orphans
+//! them first.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::api::PartnerTenant;
+use crate::api::tenant::{NetworkIsolation, Tier};
+use crate::naming::{self, TenantNames};
+
+/// Labels shared by every object of a tenant.
+pub fn labels(tenant: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/managed-by".into(), "partnerplane".into()),
+        ("app.kubernetes.io/part-of".into(), "partnerplane".into()),
+        (naming::TENANT_LABEL.into(), naming::label_value(tenant)),
+    ])
+}
+
+/// Label selector of everything the operator manages.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=partnerplane";
+/// Annotation with the tenant's full name (labels are limited to 63 characters).
+pub const TENANT_ANNOTATION: &str = "partnerplane.io/tenant-name";
+
+/// Name of the tenant's own Redis (Dedicated mode).
+pub const DEDICATED_REDIS: &str = "tenant-redis";
+/// Secret of the tenant's own Redis password.
+pub const DEDICATED_REDIS_SECRET: &str = "tenant-redis-password";
+
+fn build<K: DeserializeOwned>(value: Value) -> K {
+    serde_json::from_value(value).expect("built objects match their types")
+}
+
+fn owner(tenant: &PartnerTenant) -> OwnerReference {
+    tenant
+        .controller_owner_ref(&())
+        .expect("a stored PartnerTenant has a name and uid")
+}
+
+fn metadata(tenant: &PartnerTenant, names: &TenantNames, name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": names.namespace,
+        "labels": labels(&tenant.name_any()),
+        "annotations": {TENANT_ANNOTATION: tenant.name_any()},
+        "ownerReferences": [owner(tenant)],
+    })
+}
+
+/// The tenant namespace, with Pod Security admission guard rails.
+pub fn namespace(tenant: &PartnerTenant, names: &TenantNames) -> Namespace {
+    let mut labels = labels(&tenant.name_any());
+    labels.insert(
+        "pod-security.kubernetes.io/enforce".into(),
+        "baseline".into(),
+    );
+    labels.insert(
+        "pod-security.kubernetes.io/warn".into(),
+        "restricted".into(),
+    );
+    build(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": names.namespace,
+            "labels": labels,
+            "annotations": {TENANT_ANNOTATION: tenant.name_any()},
+        }
+    }))
+}
+
+/// Quota of the tier, with the spec's overrides.
+pub fn resource_quota(tenant: &PartnerTenant, names: &TenantNames) -> ResourceQuota {
+    let (cpu, memory, pods, storage) = match tenant.spec.tier {
+        Tier::Starter => ("4", "8Gi", 20, "50Gi"),
+        Tier::Standard => ("16", "32Gi", 100, "200Gi"),
+        Tier::Enterprise => ("64", "128Gi", 500, "1Ti"),
+    };
+    let quotas = tenant.spec.quotas.clone().unwrap_or_default();
+    let quantity = |q: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+                    default: &str| {
+        q.map(|q| q.0).unwrap_or_else(|| default.to_string())
+    };
+    build(json!({
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": metadata(tenant, names, "tenant-quota"),
+        "spec": {"hard": {
+            "requests.cpu": quantity(quotas.cpu, cpu),
+            "requests.memory": quantity(quotas.memory, memory),
+            "pods": quotas.pods.unwrap_or(pods).to_string(),
+            "requests.storage": quantity(quotas.storage, storage),
+        }}
+    }))
+}
+
+/// Default requests and limits, so pods without them still fit the quota.
+pub fn limit_range(tenant: &PartnerTenant, names: &TenantNames) -> LimitRange {
+    build(json!({
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": metadata(tenant, names, "tenant-limits"),
+        "spec": {"limits": [{
+            "type": "Container",
+            "defaultRequest": {"cpu": "100m", "memory": "128Mi"},
+            "default": {"cpu": "1", "memory": "1Gi"},
+        }]}
+    }))
+}
+
+/// Network policies: deny everything, then allow the tenant's own traffic,
+/// DNS, the shared backends' ports and the namespaces the spec names.
+pub fn network_policies(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    backend_ports: &[u16],
+) -> Vec<NetworkPolicy> {
+    if tenant.spec.network.isolation == NetworkIsolation::Open {
+        return vec![];
+    }
+    let mut from = vec![json!({"podSelector": {}})];
+    for ns in &tenant.spec.network.allow_from_namespaces {
+        from.push(
+            json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.0}}}),
+        );
+    }
+    let backend_ports: Vec<Value> = backend_ports
+        .iter()
+        .map(|p| json!({"protocol": "TCP", "port": p}))
+        .collect();
+    vec![
+        build(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(tenant, names, "default-deny"),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+        })),
+        build(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(tenant, names, "allow-tenant-traffic"),
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": from}],
+                "egress": [
+                    {"to": [{"podSelector": {}}]},
+                    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"ports": backend_ports},
+                ]
+            }
+        })),
+    ]
+}
+
+/// The identity of the tenant's workloads (also what logs in to Vault/OpenBao).
+pub fn service_account(tenant: &PartnerTenant, names: &TenantNames) -> ServiceAccount {
+    build(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(tenant, names, naming::WORKLOAD_SERVICE_ACCOUNT),
+    }))
+}
+
+/// What tenant workloads may do: read their own namespace's configuration.
+pub fn role(tenant: &PartnerTenant, names: &TenantNames) -> Role {
+    build(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(tenant, names, naming::WORKLOAD_SERVICE_ACCOUNT),
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps", "pods", "services", "endpoints"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [naming::CREDENTIALS_SECRET], "verbs": ["get"]},
+        ]
+    }))
+}
+
+pub fn role_binding(tenant: &PartnerTenant, names: &TenantNames) -> RoleBinding {
+    build(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(tenant, names, naming::WORKLOAD_SERVICE_ACCOUNT),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": naming::WORKLOAD_SERVICE_ACCOUNT},
+        "subjects": [{"kind": "ServiceAccount", "name": naming::WORKLOAD_SERVICE_ACCOUNT, "namespace": names.namespace}],
+    }))
+}
+
+/// A Secret of the operator's making in the tenant namespace.
+pub fn secret(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    name: &str,
+    data: &BTreeMap<String, String>,
+) -> Secret {
+    let data: BTreeMap<String, ByteString> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let mut secret: Secret = build(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(tenant, names, name),
+        "type": "Opaque",
+    }));
+    secret.data = Some(data);
+    secret
+}
+
+/// Headless Service of the tenant's own Redis.
+pub fn dedicated_redis_service(tenant: &PartnerTenant, names: &TenantNames) -> Service {
+    build(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(tenant, names, DEDICATED_REDIS),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"app.kubernetes.io/name": DEDICATED_REDIS, naming::TENANT_LABEL: naming::label_value(&tenant.name_any())},
+            "ports": [{"name": "redis", "port": 6379, "targetPort": 6379}],
+        }
+    }))
+}
+
+/// The tenant's own Redis: one replica, password from its Secret, memory from the spec.
+pub fn dedicated_redis_statefulset(tenant: &PartnerTenant, names: &TenantNames) -> StatefulSet {
+    let memory = tenant
+        .spec
+        .redis
+        .memory
+        .as_ref()
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "256Mi".into());
+    let mut pod_labels = labels(&tenant.name_any());
+    pod_labels.insert("app.kubernetes.io/name".into(), DEDICATED_REDIS.into());
+    let selector = json!({"app.kubernetes.io/name": DEDICATED_REDIS, naming::TENANT_LABEL: naming::label_value(&tenant.name_any())});
+    build(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(tenant, names, DEDICATED_REDIS),
+        "spec": {
+            "serviceName": DEDICATED_REDIS,
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "redis",
+                        "image": "redis:7.2-alpine",
+                        "args": ["--requirepass", "$(REDIS_PASSWORD)", "--maxmemory-policy", "allkeys-lru"],
+                        "env": [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": DEDICATED_REDIS_SECRET, "key": "password"}}}],
+                        "ports": [{"name": "redis", "containerPort": 6379}],
+                        "resources": {"requests": {"cpu": "100m", "memory": memory}, "limits": {"memory": memory}},
+                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    }]
+                }
+            }
+        }
+    }))
+}
+
+/// Namespace of an object's owner tenant, if the object names one.
+pub fn tenant_of<K: Resource>(object: &K) -> Option<String> {
+    object.annotations().get(TENANT_ANNOTATION).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PartnerTenantSpec;
+
+    fn tenant(yaml: &str) -> PartnerTenant {
+        let spec: PartnerTenantSpec = serde_yaml::from_str(yaml).unwrap();
+        let mut t = PartnerTenant::new("acme", spec);
+        t.metadata.uid = Some("uid-1".into());
+        t
+    }
+
+    #[test]
+    fn the_namespace_has_no_owner_so_it_survives_the_tenant() {
+        let t = tenant("displayName: Acme");
+        let ns = namespace(&t, &TenantNames::new("acme", None));
+        assert!(ns.metadata.owner_references.is_none());
+        assert_eq!(ns.metadata.name.as_deref(), Some("ptn-acme"));
+        assert_eq!(ns.labels()[naming::TENANT_LABEL], "acme");
+    }
+
+    #[test]
+    fn objects_inside_are_owned_by_the_tenant() {
+        let t = tenant("displayName: Acme");
+        let quota = resource_quota(&t, &TenantNames::new("acme", None));
+        let owners = quota.metadata.owner_references.unwrap();
+        assert_eq!(owners[0].kind, "PartnerTenant");
+        assert_eq!(owners[0].controller, Some(true));
+    }
+
+    #[test]
+    fn quota_follows_the_tier_and_the_overrides() {
+        let t = tenant("displayName: Acme\ntier: Starter\nquotas: {pods: 7}");
+        let hard = resource_quota(&t, &TenantNames::new("acme", None))
+            .spec
+            .unwrap()
+            .hard
+            .unwrap();
+        assert_eq!(hard["pods"].0, "7");
+        assert_eq!(hard["requests.cpu"].0, "4");
+    }
+
+    #[test]
+    fn strict_isolation_denies_by_default_and_open_has_no_policy() {
+        let names = TenantNames::new("acme", None);
+        let strict = network_policies(&tenant("displayName: A"), &names, &[5432]);
+        assert_eq!(strict.len(), 2);
+        assert_eq!(strict[0].metadata.name.as_deref(), Some("default-deny"));
+        let open = network_policies(
+            &tenant("displayName: A\nnetwork: {isolation: Open}"),
+            &names,
+            &[5432],
+        );
+        assert!(open.is_empty());
+    }
+
+    #[test]
+    fn the_workload_role_reads_only_its_own_credentials_secret() {
+        let r = role(&tenant("displayName: A"), &TenantNames::new("acme", None));
+        let secrets = r
+            .rules
+            .unwrap()
+            .into_iter()
+            .find(|r| r.resources.as_ref().unwrap().contains(&"secrets".into()))
+            .unwrap();
+        assert_eq!(
+            secrets.resource_names.unwrap(),
+            vec![naming::CREDENTIALS_SECRET.to_string()]
+        );
+        assert_eq!(secrets.verbs, vec!["get".to_string()]);
+    }
+}

@@ -1,0 +1,78 @@
+//! Errors of the tenant controller. Each has a fixed category, used as the
+//! Event reason, the condition reason and the metric label.
+
+use crate::backends::postgres::PostgresError;
+use crate::backends::redis::RedisError;
+use crate::backends::vault::VaultError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(#[from] kube::Error),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("waiting for {0}")]
+    Waiting(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Stable, low-cardinality category.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kubernetes(_) => "KubernetesError",
+            Self::Postgres(PostgresError::UnknownBackend(_)) => "UnknownPostgresBackend",
+            Self::Postgres(PostgresError::Unavailable { .. }) => "PostgresUnavailable",
+            Self::Postgres(PostgresError::Statement { .. }) => "PostgresError",
+            Self::Redis(_) => "RedisUnavailable",
+            Self::Vault(VaultError::Unavailable(_)) => "VaultUnavailable",
+            Self::Vault(VaultError::Refused { .. }) => "VaultRefused",
+            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::Waiting(_) => "Waiting",
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "FinalizerError",
+            },
+        }
+    }
+
+    /// Errors a retry cannot fix: only a spec change can.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidSpec(_) | Self::Postgres(PostgresError::UnknownBackend(_))
+        ) || matches!(self, Self::Finalizer(inner) if matches!(inner.as_ref(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) if e.is_permanent()))
+    }
+
+    /// The message for conditions and Events: the cause chain, at most 1 KiB.
+    pub fn message(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        if text.len() > 1024 {
+            let mut cut = 1021;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
+        text
+    }
+}
