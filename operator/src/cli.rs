@@ -48,6 +48,11 @@ pub struct RunArgs {
     #[arg(long, env = "PARTNERPLANE_CONFIG")]
     pub config: std::path::PathBuf,
 
+    /// Label selector of the PartnerTenants this instance manages, to shard
+    /// tenants across operator deployments (for example `shard=eu`).
+    #[arg(long, env = "PARTNERPLANE_TENANT_SELECTOR")]
+    pub tenant_selector: Option<String>,
+
     /// Tenants reconciled at the same time.
     #[arg(long, env = "PARTNERPLANE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,

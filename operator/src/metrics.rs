@@ -125,6 +125,9 @@ impl Metrics {
             "PartnerTenants by readiness",
             metrics.tenants.clone(),
         );
+        for ready in ["true", "false"] {
+            metrics.tenants.get_or_create(&ReadyLabels { ready }).set(0);
+        }
         Self {
             registry,
             ..metrics

@@ -103,6 +103,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller = tokio::spawn(tenant::run(
         ctx,
         streams,
+        args.tenant_selector.clone(),
         args.concurrency,
         stopped(stop_rx),
     ));

@@ -84,6 +84,7 @@ fn error_policy(tenant: Arc<PartnerTenant>, error: &Error, ctx: Arc<Context>) ->
 pub async fn run(
     ctx: Arc<Context>,
     streams: ChildStreams,
+    selector: Option<String>,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -105,7 +106,11 @@ pub async fn run(
     fn owner<K: kube::Resource>(object: K) -> Option<ObjectRef<PartnerTenant>> {
         children::tenant_of(&object).map(|name| ObjectRef::new(&name))
     }
-    Controller::new(tenants, watcher::Config::default().any_semantic())
+    let mut tenant_watch = watcher::Config::default().any_semantic();
+    if let Some(selector) = &selector {
+        tenant_watch = tenant_watch.labels(selector);
+    }
+    Controller::new(tenants, tenant_watch)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .watches_stream(namespaces, owner)
         .watches_stream(quotas, owner)
