@@ -1,0 +1,186 @@
+//! Deletion honours the policy: `Retain` removes access and keeps the data,
+//! the namespace and everything in it; `Delete` leaves nothing behind.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
+use kube::api::{Api, DeleteParams, PostParams};
+use partnerplane::api::PartnerTenant;
+use partnerplane_e2e::tenants::{credentials, pg_admin, pg_connect_as, redis_user_exists};
+use partnerplane_e2e::{
+    Operator, Testbed, apply, unique_name, wait_condition, wait_deleted, wait_until,
+};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn retain_keeps_data_and_namespace_but_revokes_every_credential() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("retain"), &[]).await?;
+    let name = format!("{}-t", operator.shard);
+    let spec = json!({"displayName": "Retained", "secrets": {"store": "Both"}, "deletionPolicy": "Retain"});
+    apply(&client, &operator.tenant(&name, spec), None, false).await?;
+    let tenant = wait_condition(&client, &name, "Ready", "True", DEADLINE).await?;
+    let status = tenant.status.unwrap();
+    let ns = status.namespace.unwrap();
+    let creds = credentials(&client, &ns).await?;
+
+    let pg = pg_connect_as(&testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await?;
+    pg.batch_execute(&format!(
+        r#"CREATE TABLE "{0}".invoices (id int); INSERT INTO "{0}".invoices VALUES (1), (2), (3)"#,
+        creds["PGSCHEMA"]
+    ))
+    .await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "tenant-data"}, "data": {"k": "v"}}))?;
+    configmaps.create(&PostParams::default(), &cm).await?;
+    let bao = testbed.bao_admin()?;
+    let vault = status.vault.unwrap();
+
+    Api::<PartnerTenant>::all(client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    wait_deleted(&client, &name, DEADLINE).await?;
+
+    // Data and namespace stay, with the objects the operator made in it.
+    let rows: i64 = pg_admin(&testbed)
+        .await?
+        .query_one(
+            &format!(r#"SELECT count(*) FROM "{}".invoices"#, creds["PGSCHEMA"]),
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(rows, 3);
+    let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
+    assert!(namespace.metadata.deletion_timestamp.is_none());
+    configmaps.get("tenant-data").await?;
+    // No owner reference is left for the garbage collector to act on.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+    let quota = quotas.get("tenant-quota").await?;
+    assert!(
+        quota
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // Every credential stops working.
+    let login = pg_connect_as(&testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await;
+    assert!(
+        login.is_err(),
+        "the tenant's Postgres role can still log in"
+    );
+    assert!(
+        pg.simple_query("SELECT 1").await.is_err(),
+        "the open session survived"
+    );
+    assert!(!redis_user_exists(&testbed, &creds["REDIS_USER"]).await?);
+    let missing_role =
+        vaultrs::auth::kubernetes::role::read(&bao, "kubernetes", &vault.auth_role).await;
+    assert!(missing_role.is_err(), "the auth role is still there");
+    assert!(
+        vaultrs::sys::policy::read(&bao, &vault.policy)
+            .await
+            .is_err(),
+        "the policy is still there"
+    );
+    let kept: HashMap<String, String> =
+        vaultrs::kv2::read(&bao, &vault.mount, &format!("{}/credentials", vault.path)).await?;
+    assert!(kept.contains_key("PGUSER"), "retained secrets are kept");
+
+    // Clean up what Retain kept.
+    pg_admin(&testbed)
+        .await?
+        .batch_execute(&format!(
+            r#"DROP SCHEMA "{0}" CASCADE; DROP OWNED BY "{1}"; DROP ROLE "{1}""#,
+            creds["PGSCHEMA"], creds["PGUSER"]
+        ))
+        .await?;
+    Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await?;
+    let _ =
+        vaultrs::kv2::delete_metadata(&bao, &vault.mount, &format!("{}/credentials", vault.path))
+            .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_leaves_nothing_behind() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("delete"), &[]).await?;
+    let name = format!("{}-t", operator.shard);
+    let spec =
+        json!({"displayName": "Deleted", "secrets": {"store": "Both"}, "deletionPolicy": "Delete"});
+    apply(&client, &operator.tenant(&name, spec), None, false).await?;
+    let tenant = wait_condition(&client, &name, "Ready", "True", DEADLINE).await?;
+    let status = tenant.status.unwrap();
+    let ns = status.namespace.unwrap();
+    let pg = status.postgres.unwrap();
+    let redis = status.redis.unwrap();
+    let vault = status.vault.unwrap();
+    let creds = credentials(&client, &ns).await?;
+    let mut tenant_redis =
+        redis::Client::open(testbed.redis_url_as(&creds["REDIS_USER"], &creds["REDIS_PASSWORD"])?)?
+            .get_multiplexed_async_connection()
+            .await?;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}cache", creds["REDIS_KEY_PREFIX"]))
+        .arg("1")
+        .query_async(&mut tenant_redis)
+        .await?;
+
+    Api::<PartnerTenant>::all(client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    wait_deleted(&client, &name, DEADLINE).await?;
+
+    let admin = pg_admin(&testbed).await?;
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = $1) + (SELECT count(*) FROM pg_namespace WHERE nspname = $2)",
+            &[&pg.role, &pg.schema],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "schema or role left behind");
+    assert!(!redis_user_exists(&testbed, redis.user.as_deref().unwrap()).await?);
+    let mut admin_redis = partnerplane_e2e::tenants::redis_admin(&testbed).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", creds["REDIS_KEY_PREFIX"]))
+        .query_async(&mut admin_redis)
+        .await?;
+    assert!(keys.is_empty(), "keys left behind: {keys:?}");
+    let bao = testbed.bao_admin()?;
+    assert!(
+        vaultrs::sys::policy::read(&bao, &vault.policy)
+            .await
+            .is_err()
+    );
+    assert!(
+        vaultrs::auth::kubernetes::role::read(&bao, "kubernetes", &vault.auth_role)
+            .await
+            .is_err()
+    );
+    assert!(
+        vaultrs::kv2::list(&bao, &vault.mount, &vault.path)
+            .await
+            .is_err(),
+        "secrets left behind"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_until("the tenant namespace to be gone", DEADLINE, || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move { Ok(namespaces.get_opt(&ns).await?.is_none().then_some(())) }
+    })
+    .await?;
+    Ok(())
+}
