@@ -27,9 +27,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // vaultrs's HTTP client uses rustls without a built-in provider; ring is the one kube uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = OperatorConfig::load(&args.config)?;
-    let client = kube::Client::try_default()
+    let mut kube_config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
+    // Lets audit logs and API server metrics tell the operator's requests apart.
+    kube_config.headers.push((
+        ::http::header::USER_AGENT,
+        ::http::HeaderValue::from_static(concat!("partnerplane/", env!("CARGO_PKG_VERSION"))),
+    ));
+    let client = kube::Client::try_from(kube_config)?;
     let version = client
         .apiserver_version()
         .await

@@ -1,0 +1,96 @@
+//! Steady state costs nothing: with tenants Ready and the operator resyncing,
+//! it sends no write to the API server and runs no DDL — counted by the API
+//! server's audit log and Postgres's statement log, not only by the operator.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+
+use partnerplane_e2e::tenants::delete_tenants;
+use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
+use serde_json::json;
+
+const TENANTS: usize = 5;
+
+fn size(path: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(path)?.len())
+}
+
+fn read_from(path: &Path, offset: u64) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Write requests the operator sent, from the API server's audit log.
+fn operator_writes(audit: &str) -> Vec<String> {
+    audit
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["userAgent"].as_str().is_some_and(|ua| ua.starts_with("partnerplane/")))
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .map(|e| format!("{} {}", e["verb"].as_str().unwrap_or("?"), e["requestURI"].as_str().unwrap_or("?")))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("steady"), &["--resync-seconds", "1"]).await?;
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("{}-{i}", operator.shard)).collect();
+    for (i, name) in names.iter().enumerate() {
+        let store = ["Vault", "KubernetesSecret", "Both"][i % 3];
+        let spec = json!({"displayName": "Steady", "secrets": {"store": store}});
+        apply(&client, &operator.tenant(name, spec), None, false).await?;
+    }
+
+    let result = async {
+        for name in &names {
+            wait_condition(&client, name, "Ready", "True", Duration::from_secs(60)).await?;
+        }
+        // Let the reconciles that Ready itself triggered settle first.
+        let settled = operator.metric_sum("partnerplane_reconciles_total").await?;
+        wait_until("the first resync", Duration::from_secs(30), || {
+            let operator = &operator;
+            async move {
+                let now = operator.metric_sum("partnerplane_reconciles_total").await?;
+                Ok((now >= settled + TENANTS as f64).then_some(()))
+            }
+        })
+        .await?;
+
+        let audit_mark = size(&testbed.audit_log)?;
+        let pg_mark = size(&testbed.pg_log)?;
+        let api_writes = operator.metric_sum("partnerplane_api_writes_total").await?;
+        let backend_writes = operator.metric_sum("partnerplane_backend_writes_total").await?;
+        let reconciles = operator.metric_sum("partnerplane_reconciles_total").await?;
+
+        // At least two more resyncs of every tenant.
+        wait_until("two more resyncs of every tenant", Duration::from_secs(30), || {
+            let operator = &operator;
+            async move {
+                let now = operator.metric_sum("partnerplane_reconciles_total").await?;
+                Ok((now >= reconciles + 2.0 * TENANTS as f64).then_some(()))
+            }
+        })
+        .await?;
+
+        assert_eq!(operator.metric_sum("partnerplane_api_writes_total").await?, api_writes);
+        assert_eq!(operator.metric_sum("partnerplane_backend_writes_total").await?, backend_writes);
+        let writes = operator_writes(&read_from(&testbed.audit_log, audit_mark)?);
+        assert!(writes.is_empty(), "API writes during resync:\n{}", writes.join("\n"));
+        let ddl: Vec<String> = read_from(&testbed.pg_log, pg_mark)?
+            .lines()
+            .filter(|l| l.contains("statement:") && l.contains(&operator.shard.replace('-', "_")))
+            .map(str::to_string)
+            .collect();
+        assert!(ddl.is_empty(), "DDL during resync:\n{}", ddl.join("\n"));
+        anyhow::Ok(())
+    }
+    .await;
+    delete_tenants(&client, &names).await?;
+    result
+}
