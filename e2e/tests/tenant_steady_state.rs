@@ -29,9 +29,19 @@ fn operator_writes(audit: &str) -> Vec<String> {
     audit
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|e| e["userAgent"].as_str().is_some_and(|ua| ua.starts_with("partnerplane/")))
+        .filter(|e| {
+            e["userAgent"]
+                .as_str()
+                .is_some_and(|ua| ua.starts_with("partnerplane/"))
+        })
         .filter(|e| e["stage"] == "ResponseComplete")
-        .map(|e| format!("{} {}", e["verb"].as_str().unwrap_or("?"), e["requestURI"].as_str().unwrap_or("?")))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["verb"].as_str().unwrap_or("?"),
+                e["requestURI"].as_str().unwrap_or("?")
+            )
+        })
         .collect()
 }
 
@@ -39,8 +49,11 @@ fn operator_writes(audit: &str) -> Vec<String> {
 async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()> {
     let testbed = Testbed::load()?;
     let client = testbed.kube_admin().await?;
-    let operator = Operator::start(&testbed, &unique_name("steady"), &["--resync-seconds", "1"]).await?;
-    let names: Vec<String> = (0..TENANTS).map(|i| format!("{}-{i}", operator.shard)).collect();
+    let operator =
+        Operator::start(&testbed, &unique_name("steady"), &["--resync-seconds", "1"]).await?;
+    let names: Vec<String> = (0..TENANTS)
+        .map(|i| format!("{}-{i}", operator.shard))
+        .collect();
     for (i, name) in names.iter().enumerate() {
         let store = ["Vault", "KubernetesSecret", "Both"][i % 3];
         let spec = json!({"displayName": "Steady", "secrets": {"store": store}});
@@ -65,23 +78,41 @@ async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()>
         let audit_mark = size(&testbed.audit_log)?;
         let pg_mark = size(&testbed.pg_log)?;
         let api_writes = operator.metric_sum("partnerplane_api_writes_total").await?;
-        let backend_writes = operator.metric_sum("partnerplane_backend_writes_total").await?;
+        let backend_writes = operator
+            .metric_sum("partnerplane_backend_writes_total")
+            .await?;
         let reconciles = operator.metric_sum("partnerplane_reconciles_total").await?;
 
         // At least two more resyncs of every tenant.
-        wait_until("two more resyncs of every tenant", Duration::from_secs(30), || {
-            let operator = &operator;
-            async move {
-                let now = operator.metric_sum("partnerplane_reconciles_total").await?;
-                Ok((now >= reconciles + 2.0 * TENANTS as f64).then_some(()))
-            }
-        })
+        wait_until(
+            "two more resyncs of every tenant",
+            Duration::from_secs(30),
+            || {
+                let operator = &operator;
+                async move {
+                    let now = operator.metric_sum("partnerplane_reconciles_total").await?;
+                    Ok((now >= reconciles + 2.0 * TENANTS as f64).then_some(()))
+                }
+            },
+        )
         .await?;
 
-        assert_eq!(operator.metric_sum("partnerplane_api_writes_total").await?, api_writes);
-        assert_eq!(operator.metric_sum("partnerplane_backend_writes_total").await?, backend_writes);
+        assert_eq!(
+            operator.metric_sum("partnerplane_api_writes_total").await?,
+            api_writes
+        );
+        assert_eq!(
+            operator
+                .metric_sum("partnerplane_backend_writes_total")
+                .await?,
+            backend_writes
+        );
         let writes = operator_writes(&read_from(&testbed.audit_log, audit_mark)?);
-        assert!(writes.is_empty(), "API writes during resync:\n{}", writes.join("\n"));
+        assert!(
+            writes.is_empty(),
+            "API writes during resync:\n{}",
+            writes.join("\n")
+        );
         let ddl: Vec<String> = read_from(&testbed.pg_log, pg_mark)?
             .lines()
             .filter(|l| l.contains("statement:") && l.contains(&operator.shard.replace('-', "_")))
