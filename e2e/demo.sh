@@ -50,16 +50,21 @@ start() {
   done
   log "operator ready: http://$HTTP_ADDR/metrics"
 
-  if compgen -G "$ROOT/crds/*.yaml" >/dev/null && [[ -d $ROOT/examples ]]; then
-    log "applying examples/"
-    kubectl apply --server-side --field-manager=partnerplane.io/demo -R -f "$ROOT/examples/" >/dev/null
-    if ! kubectl wait --for=condition=Ready partnertenants --all --timeout=120s >/dev/null; then
-      log "not every tenant is Ready yet; conditions below"
-    fi
-    kubectl get partnerplane -A
-  else
-    kubectl get nodes
+  log "applying the example tenants (examples/gitops)"
+  # Tenants first: pipelines and copilots live in the namespaces they create.
+  local files=()
+  while IFS= read -r f; do files+=(-f "$f"); done < <(find -L "$ROOT/examples" -name tenant.yaml | sort)
+  kubectl apply --server-side --field-manager=partnerplane.io/demo "${files[@]}" >/dev/null
+  if ! kubectl wait --for=condition=Ready partnertenants -l '!partnerplane.io/shard' --timeout=120s >/dev/null; then
+    log "not every tenant is Ready; their conditions:"
+    kubectl get partnertenants -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,MESSAGE:.status.conditions[?(@.type=="Ready")].message'
+    exit 1
   fi
+  kubectl apply --server-side --field-manager=partnerplane.io/demo -k "$ROOT/examples/gitops" >/dev/null
+  echo
+  kubectl get partnerplane -A
+  echo
+  kubectl get partnertenant contoso-logistics -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}'
   log "the operator keeps running; stop everything with: make down"
 }
 

@@ -256,7 +256,9 @@ up_openbao() {
     echo $! >"$TB/bao/bao.pid"
     wait_for "OpenBao" 60 bao_ready
   fi
-  bao auth list -format=json | grep -q '"kubernetes/"' && return
+  local mounts
+  mounts=$(bao auth list -format=json)
+  [[ $mounts == *'"kubernetes/"'* ]] && return
   log "enabling OpenBao Kubernetes auth against the local API server"
   kube apply -f "$ROOT/e2e/testbed/openbao-reviewer.yaml" >/dev/null
   local jwt
