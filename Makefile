@@ -35,3 +35,8 @@ down:
 
 status:
 	$(TESTBED) status
+
+## bench: N tenants (default 1000) apply -> Ready against a direct floor; BENCH_TENANTS=N to change
+bench: up
+	cargo build --release -p partnerplane -p partnerplane-e2e --bins
+	source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000}

@@ -82,6 +82,11 @@ impl Operator {
         Ok(operator)
     }
 
+    /// The operator's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self

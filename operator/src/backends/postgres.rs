@@ -6,7 +6,7 @@
 //! SCRAM verifiers, never in clear text.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -18,6 +18,10 @@ use crate::naming::{TenantNames, quote_ident};
 
 /// Schema holding shared extensions such as pgvector.
 pub const EXTENSIONS_SCHEMA: &str = "extensions";
+/// Group role holding what every tenant shares (CONNECT, USAGE on the
+/// extensions schema). Granting through membership adds a row per tenant
+/// instead of rewriting one shared ACL, which concurrent tenants would contend on.
+pub const TENANT_GROUP: &str = "partnerplane_tenants";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -44,8 +48,7 @@ pub struct TenantState {
     pub role_can_login: bool,
     pub schema_exists: bool,
     pub schema_owned_by_role: bool,
-    pub role_can_connect: bool,
-    pub role_uses_extensions: bool,
+    pub role_in_tenant_group: bool,
     pub search_path_set: bool,
     pub function_defaults_private: bool,
 }
@@ -55,7 +58,6 @@ pub struct TenantState {
 /// existing role (used when fresh credentials were generated).
 pub fn plan_tenant(
     names: &TenantNames,
-    database: &str,
     state: &TenantState,
     verifier: &str,
     reset_password: bool,
@@ -63,8 +65,11 @@ pub fn plan_tenant(
     let role = quote_ident(&names.role);
     let schema = quote_ident(&names.schema);
     let mut sql = vec![];
+    let group = quote_ident(TENANT_GROUP);
     if !state.role_exists {
-        sql.push(format!("CREATE ROLE {role} LOGIN PASSWORD '{verifier}'"));
+        sql.push(format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{verifier}' IN ROLE {group}"
+        ));
     } else {
         if !state.role_can_login {
             sql.push(format!("ALTER ROLE {role} LOGIN"));
@@ -72,23 +77,14 @@ pub fn plan_tenant(
         if reset_password {
             sql.push(format!("ALTER ROLE {role} PASSWORD '{verifier}'"));
         }
+        if !state.role_in_tenant_group {
+            sql.push(format!("GRANT {group} TO {role}"));
+        }
     }
     if !state.schema_exists {
         sql.push(format!("CREATE SCHEMA {schema} AUTHORIZATION {role}"));
     } else if !state.schema_owned_by_role {
         sql.push(format!("ALTER SCHEMA {schema} OWNER TO {role}"));
-    }
-    if !state.role_can_connect {
-        sql.push(format!(
-            "GRANT CONNECT ON DATABASE {} TO {role}",
-            quote_ident(database)
-        ));
-    }
-    if !state.role_uses_extensions {
-        sql.push(format!(
-            "GRANT USAGE ON SCHEMA {} TO {role}",
-            quote_ident(EXTENSIONS_SCHEMA)
-        ));
     }
     if !state.search_path_set {
         sql.push(format!(
@@ -129,11 +125,10 @@ SELECT
   coalesce(r.rolcanlogin, false),
   n.oid IS NOT NULL,
   coalesce(n.nspowner = r.oid, false),
-  coalesce(has_database_privilege(r.oid, current_database(), 'CONNECT'), false),
-  coalesce(has_schema_privilege(r.oid, $3, 'USAGE'), false),
+  coalesce(pg_has_role(r.oid, $4, 'MEMBER'), false),
   coalesce(r.rolconfig @> ARRAY['search_path=' || quote_ident($2) || ', ' || quote_ident($3)], false),
   EXISTS (SELECT 1 FROM pg_default_acl d WHERE d.defaclrole = r.oid AND d.defaclobjtype = 'f' AND d.defaclnamespace = 0),
-  current_database()::text
+  true
 FROM (SELECT 1) AS one
 LEFT JOIN pg_roles r ON r.rolname = $1
 LEFT JOIN pg_namespace n ON n.nspname = $2
@@ -142,7 +137,7 @@ LEFT JOIN pg_namespace n ON n.nspname = $2
 /// The pooled connections to every configured Postgres backend.
 pub struct Postgres {
     pools: BTreeMap<String, Pool>,
-    prepared: Mutex<HashSet<String>>,
+    prepared: tokio::sync::Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -175,7 +170,7 @@ impl Postgres {
         }
         Ok(Self {
             pools,
-            prepared: Mutex::new(HashSet::new()),
+            prepared: tokio::sync::Mutex::new(HashSet::new()),
             metrics,
         })
     }
@@ -204,15 +199,17 @@ impl Postgres {
         client: &deadpool_postgres::Object,
         statements: &[String],
     ) -> Result<(), PostgresError> {
-        for statement in statements {
-            client
-                .batch_execute(statement)
-                .await
-                .map_err(|source| PostgresError::Statement {
-                    backend: backend.to_string(),
-                    source,
-                })?;
+        if statements.is_empty() {
+            return Ok(());
         }
+        // One round trip, one implicit transaction: all of it or none.
+        client
+            .batch_execute(&statements.join(";\n"))
+            .await
+            .map_err(|source| PostgresError::Statement {
+                backend: backend.to_string(),
+                source,
+            })?;
         self.metrics
             .backend_wrote("postgres", statements.len() as u64);
         Ok(())
@@ -235,8 +232,12 @@ impl Postgres {
                                WHERE d.datname = current_database()), false),
                      coalesce((SELECT bool_or(a.grantee = 0) FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
                                WHERE n.nspname = 'public'), false),
-                     current_database()"#,
-                &[&EXTENSIONS_SCHEMA],
+                     current_database()::text,
+                     EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
+                     coalesce((SELECT has_database_privilege(r.oid, current_database(), 'CONNECT')
+                                      AND has_schema_privilege(r.oid, $1, 'USAGE')
+                               FROM pg_roles r WHERE r.rolname = $2 AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)), false)"#,
+                &[&EXTENSIONS_SCHEMA, &TENANT_GROUP],
             )
             .await
             .map_err(statement_error)?;
@@ -247,6 +248,7 @@ impl Postgres {
             bool,
             String,
         ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let (has_group, group_granted): (bool, bool) = (row.get(5), row.get(6));
         let ext = quote_ident(EXTENSIONS_SCHEMA);
         let mut sql = vec![];
         if !has_schema {
@@ -266,6 +268,17 @@ impl Postgres {
         if public_schema {
             sql.push("REVOKE ALL ON SCHEMA public FROM PUBLIC".to_string());
         }
+        let group = quote_ident(TENANT_GROUP);
+        if !has_group {
+            sql.push(format!("CREATE ROLE {group} NOLOGIN"));
+        }
+        if !group_granted {
+            sql.push(format!(
+                "GRANT CONNECT ON DATABASE {} TO {group}",
+                quote_ident(&database)
+            ));
+            sql.push(format!("GRANT USAGE ON SCHEMA {ext} TO {group}"));
+        }
         self.execute(backend, &client, &sql).await
     }
 
@@ -274,11 +287,16 @@ impl Postgres {
         backend: &str,
         client: &deadpool_postgres::Object,
         names: &TenantNames,
-    ) -> Result<(TenantState, String), PostgresError> {
+    ) -> Result<TenantState, PostgresError> {
         let row = client
             .query_one(
                 STATE_QUERY,
-                &[&names.role, &names.schema, &EXTENSIONS_SCHEMA],
+                &[
+                    &names.role,
+                    &names.schema,
+                    &EXTENSIONS_SCHEMA,
+                    &TENANT_GROUP,
+                ],
             )
             .await
             .map_err(|source| PostgresError::Statement {
@@ -290,13 +308,11 @@ impl Postgres {
             role_can_login: row.get(1),
             schema_exists: row.get(2),
             schema_owned_by_role: row.get(3),
-            role_can_connect: row.get(4),
-            role_uses_extensions: row.get(5),
-            search_path_set: row.get(6),
-            function_defaults_private: row.get(7),
+            role_in_tenant_group: row.get(4),
+            search_path_set: row.get(5),
+            function_defaults_private: row.get(6),
         };
-        let database: String = row.get(8);
-        Ok((state, database))
+        Ok(state)
     }
 
     /// Converges the tenant's role and schema; returns the statements run.
@@ -308,22 +324,23 @@ impl Postgres {
         reset_password: bool,
     ) -> Result<usize, PostgresError> {
         let _timer = self.metrics.backend_timer("postgres", "ensure_tenant");
-        if !self.prepared.lock().expect("lock").contains(backend) {
-            self.prepare(backend).await?;
-            self.prepared
-                .lock()
-                .expect("lock")
-                .insert(backend.to_string());
+        {
+            // One preparation per backend, even when many tenants start at once.
+            let mut prepared = self.prepared.lock().await;
+            if !prepared.contains(backend) {
+                self.prepare(backend).await?;
+                prepared.insert(backend.to_string());
+            }
         }
         let client = self.client(backend).await?;
-        let (state, database) = self.state(backend, &client, names).await?;
+        let state = self.state(backend, &client, names).await?;
         let needs_verifier = !state.role_exists || reset_password;
         let verifier = if needs_verifier {
             postgres_protocol::password::scram_sha_256(password.as_bytes())
         } else {
             String::new()
         };
-        let sql = plan_tenant(names, &database, &state, &verifier, reset_password);
+        let sql = plan_tenant(names, &state, &verifier, reset_password);
         self.execute(backend, &client, &sql).await?;
         Ok(sql.len())
     }
@@ -336,7 +353,7 @@ impl Postgres {
     ) -> Result<(), PostgresError> {
         let _timer = self.metrics.backend_timer("postgres", "disable_tenant");
         let client = self.client(backend).await?;
-        let (state, _) = self.state(backend, &client, names).await?;
+        let state = self.state(backend, &client, names).await?;
         if state.role_exists && state.role_can_login {
             self.execute(backend, &client, &plan_disable(names)).await?;
         }
@@ -354,7 +371,7 @@ impl Postgres {
     ) -> Result<(), PostgresError> {
         let _timer = self.metrics.backend_timer("postgres", "drop_tenant");
         let client = self.client(backend).await?;
-        let (state, _) = self.state(backend, &client, names).await?;
+        let state = self.state(backend, &client, names).await?;
         if state.role_exists {
             self.execute(backend, &client, &plan_disable(names)).await?;
             self.terminate_sessions(backend, &client, names).await?;
@@ -399,33 +416,24 @@ mod tests {
 
     #[test]
     fn a_new_tenant_gets_role_schema_and_grants() {
-        let sql = plan_tenant(
-            &names(),
-            "app",
-            &TenantState::default(),
-            "SCRAM-SHA-256$x",
-            false,
-        );
+        let sql = plan_tenant(&names(), &TenantState::default(), "SCRAM-SHA-256$x", false);
         assert!(sql[0].starts_with("CREATE ROLE \"tenant_acme_"), "{sql:?}");
         assert!(sql[0].contains("LOGIN PASSWORD 'SCRAM-SHA-256$x'"));
+        assert!(
+            sql[0].ends_with("IN ROLE \"partnerplane_tenants\""),
+            "{sql:?}"
+        );
         assert!(
             sql.iter()
                 .any(|s| s.starts_with("CREATE SCHEMA \"tenant_acme_")
                     && s.contains("AUTHORIZATION"))
         );
-        assert!(
-            sql.iter()
-                .any(|s| s.starts_with("GRANT CONNECT ON DATABASE \"app\""))
-        );
-        assert!(
-            sql.iter()
-                .any(|s| s.starts_with("GRANT USAGE ON SCHEMA \"extensions\""))
-        );
+        assert!(sql.iter().any(|s| s.contains("search_path")));
         assert!(
             sql.iter()
                 .any(|s| s.contains("ALTER DEFAULT PRIVILEGES FOR ROLE"))
         );
-        assert_eq!(sql.len(), 6);
+        assert_eq!(sql.len(), 4);
     }
 
     #[test]
@@ -435,12 +443,11 @@ mod tests {
             role_can_login: true,
             schema_exists: true,
             schema_owned_by_role: true,
-            role_can_connect: true,
-            role_uses_extensions: true,
+            role_in_tenant_group: true,
             search_path_set: true,
             function_defaults_private: true,
         };
-        assert!(plan_tenant(&names(), "app", &state, "", false).is_empty());
+        assert!(plan_tenant(&names(), &state, "", false).is_empty());
     }
 
     #[test]
@@ -449,13 +456,12 @@ mod tests {
             role_exists: true,
             schema_exists: true,
             schema_owned_by_role: true,
-            role_can_connect: true,
-            role_uses_extensions: true,
+            role_in_tenant_group: true,
             search_path_set: true,
             function_defaults_private: true,
             ..Default::default()
         };
-        let sql = plan_tenant(&names(), "app", &state, "SCRAM-SHA-256$y", true);
+        let sql = plan_tenant(&names(), &state, "SCRAM-SHA-256$y", true);
         assert_eq!(sql.len(), 2, "{sql:?}");
         assert!(sql[0].ends_with(" LOGIN"));
         assert!(sql[1].contains("PASSWORD 'SCRAM-SHA-256$y'"));

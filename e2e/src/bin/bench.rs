@@ -1,0 +1,308 @@
+//! `make bench`: N PartnerTenants from apply to all Ready on the local test
+//! bed, against a floor that issues the same backend operations directly.
+//!
+//! Prints throughput, apply→Ready latency percentiles, API writes per tenant
+//! and the operator's peak RSS, then the floor's time and the ratio.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use partnerplane::api::{PartnerTenant, PartnerTenantSpec};
+use partnerplane::backends::postgres::Postgres;
+use partnerplane::backends::redis::{AclUser, Redis};
+use partnerplane::backends::vault::Vault;
+use partnerplane::config::{OperatorConfig, PostgresBackendConfig};
+use partnerplane::credentials::Credentials;
+use partnerplane::metrics::Metrics;
+use partnerplane::naming::TenantNames;
+use partnerplane::tenant::children;
+use partnerplane_e2e::tenants::delete_tenants;
+use partnerplane_e2e::{Operator, Testbed, apply, unique_name};
+use serde_json::json;
+
+const CONCURRENCY: usize = 32;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+struct OperatorRun {
+    backend_means: Vec<String>,
+    total: Duration,
+    latencies: Vec<Duration>,
+    api_writes: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+async fn run_operator(
+    testbed: &Testbed,
+    client: &kube::Client,
+    tenants: usize,
+) -> anyhow::Result<(OperatorRun, Vec<String>)> {
+    let operator =
+        Operator::start(testbed, &unique_name("bench"), &["--concurrency", "32"]).await?;
+    let names: Vec<String> = (0..tenants)
+        .map(|i| format!("{}-{i}", operator.shard))
+        .collect();
+    let api: Api<PartnerTenant> = Api::all(client.clone());
+
+    // Watch readiness from before the first apply.
+    let selector = format!("partnerplane.io/shard={}", operator.shard);
+    let ready_at: Arc<tokio::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let watch = {
+        let ready_at = ready_at.clone();
+        let stream =
+            watcher(api.clone(), watcher::Config::default().labels(&selector)).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(tenant)) = stream.try_next().await {
+                let ready = partnerplane_e2e::operator::condition(&tenant, "Ready")
+                    .is_some_and(|c| c.status == "True");
+                if ready {
+                    let name = tenant.metadata.name.clone().unwrap_or_default();
+                    ready_at
+                        .lock()
+                        .await
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let applied: HashMap<String, Instant> = stream::iter(names.clone())
+        .map(|name| {
+            let (client, operator) = (client.clone(), &operator);
+            async move {
+                let manifest = operator.tenant(
+                    &name,
+                    json!({"displayName": "Bench", "deletionPolicy": "Delete"}),
+                );
+                apply(&client, &manifest, None, false).await?;
+                anyhow::Ok((name, Instant::now()))
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let done = ready_at.lock().await.len();
+        if done == tenants {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {tenants} tenants Ready after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_at = ready_at.lock().await.clone();
+    watch.abort();
+    let total = ready_at.values().max().copied().unwrap_or(started) - started;
+    let mut latencies: Vec<Duration> = names
+        .iter()
+        .map(|n| ready_at[n].saturating_duration_since(applied[n]))
+        .collect();
+    latencies.sort();
+    let text = operator.metrics().await?;
+    let run = OperatorRun {
+        backend_means: backend_means(&text),
+        total,
+        latencies,
+        api_writes: operator.metric_sum("partnerplane_api_writes_total").await?,
+        peak_rss_mib: operator.pid().and_then(peak_rss_mib),
+    };
+    delete_tenants(client, &names).await?;
+    drop(operator);
+    Ok((run, names))
+}
+
+/// The same backend operations, issued directly: server-side applies of the
+/// tenant's objects, its Postgres statements, its ACL user and its Vault
+/// policy, auth role and credentials — no controller, no caches, no status.
+async fn run_floor(
+    testbed: &Testbed,
+    client: &kube::Client,
+    tenants: usize,
+) -> anyhow::Result<(Duration, Vec<TenantNames>)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config =
+        OperatorConfig::load(&partnerplane_e2e::repo_root().join("e2e/.testbed/operator.yaml"))?;
+    let metrics = Arc::new(Metrics::new());
+    let timeout = Duration::from_secs(10);
+    let backend = PostgresBackendConfig {
+        max_connections: 16,
+        ..config.postgres[0].clone()
+    };
+    let postgres = Postgres::new(
+        &[(backend, testbed.pg_admin_dsn.clone())],
+        timeout,
+        metrics.clone(),
+    )?;
+    let redis = Redis::connect(&testbed.redis_admin_url, timeout, metrics.clone()).await?;
+    let vault = Vault::new(&config.vault, &testbed.bao_token, timeout, metrics.clone())?;
+    let prefix = unique_name("floor");
+    let started = Instant::now();
+    let names: Vec<TenantNames> = stream::iter(0..tenants)
+        .map(|i| {
+            let (client, postgres, redis, vault, prefix) =
+                (client.clone(), &postgres, &redis, &vault, &prefix);
+            async move {
+                let name = format!("{prefix}-{i}");
+                let names = TenantNames::new(&name, None);
+                let spec: PartnerTenantSpec =
+                    serde_json::from_value(json!({"displayName": "Floor"}))?;
+                let mut tenant = PartnerTenant::new(&name, spec);
+                tenant.metadata.uid = Some(format!("floor-{i}"));
+                let mut objects: Vec<serde_json::Value> = vec![
+                    serde_json::to_value(children::namespace(&tenant, &names))?,
+                    serde_json::to_value(children::resource_quota(&tenant, &names))?,
+                    serde_json::to_value(children::limit_range(&tenant, &names))?,
+                    serde_json::to_value(children::service_account(&tenant, &names))?,
+                    serde_json::to_value(children::role(&tenant, &names))?,
+                    serde_json::to_value(children::role_binding(&tenant, &names))?,
+                ];
+                for policy in children::network_policies(&tenant, &names, &[5432, 6379, 8200]) {
+                    objects.push(serde_json::to_value(policy)?);
+                }
+                for mut object in objects {
+                    // No owner: the floor's objects have no PartnerTenant to belong to.
+                    object["metadata"]
+                        .as_object_mut()
+                        .context("metadata")?
+                        .remove("ownerReferences");
+                    apply(&client, &object, None, false).await?;
+                }
+                let credentials = Credentials::generate();
+                postgres
+                    .ensure_tenant("default", &names, &credentials.postgres_password, false)
+                    .await?;
+                redis
+                    .ensure_user(&AclUser::new(&names, &credentials.redis_password))
+                    .await?;
+                vault.ensure_policy(&names).await?;
+                vault.ensure_auth_role(&names).await?;
+                vault
+                    .ensure_secret(
+                        &names,
+                        "credentials",
+                        &credentials.to_map(&Default::default()),
+                    )
+                    .await?;
+                anyhow::Ok(names)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let elapsed = started.elapsed();
+    for names in &names {
+        postgres.drop_tenant("default", names).await?;
+        redis.remove_user_if_present(&names.redis_user).await?;
+        vault.detach(names).await?;
+        vault.delete_secrets(names).await?;
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let _ = namespaces
+            .delete(&names.namespace, &Default::default())
+            .await;
+    }
+    Ok((elapsed, names))
+}
+
+/// Mean latency of each backend operation, from the operator's histograms.
+fn backend_means(metrics: &str) -> Vec<String> {
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let mut out = vec![];
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("partnerplane_backend_operation_duration_seconds_sum{"))
+    {
+        let labels = &line[line.find('{').unwrap_or(0)..=line.find('}').unwrap_or(0)];
+        let count_line = format!("partnerplane_backend_operation_duration_seconds_count{labels}");
+        let count = metrics
+            .lines()
+            .find(|l| l.starts_with(&count_line))
+            .and_then(value);
+        if let (Some(sum), Some(count)) = (value(line), count) {
+            out.push(format!(
+                "{labels} mean {:.1} ms over {count}",
+                sum / count * 1e3
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let tenants = arg("--tenants", 1000);
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "partnerplane bench: {tenants} tenants, {cores} cores, apply concurrency {CONCURRENCY}"
+    );
+
+    let (run, _) = run_operator(&testbed, &client, tenants).await?;
+    let secs = run.total.as_secs_f64();
+    println!(
+        "operator: all {tenants} Ready in {secs:.1} s ({:.0} tenants/s)",
+        tenants as f64 / secs
+    );
+    println!(
+        "apply -> Ready: p50 {:.0} ms, p99 {:.0} ms",
+        percentile(&run.latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&run.latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "API writes per tenant: {:.1}",
+        run.api_writes / tenants as f64
+    );
+    for line in &run.backend_means {
+        println!("  backend {line}");
+    }
+    match run.peak_rss_mib {
+        Some(rss) => println!("operator peak RSS: {rss:.0} MiB"),
+        None => println!("operator peak RSS: unavailable"),
+    }
+
+    let (floor, _) = run_floor(&testbed, &client, tenants).await?;
+    println!(
+        "floor (same backend operations, issued directly): {:.1} s",
+        floor.as_secs_f64()
+    );
+    println!("ratio operator / floor: {:.2}", secs / floor.as_secs_f64());
+    Ok(())
+}
