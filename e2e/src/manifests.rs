@@ -69,6 +69,9 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(repo_root().join("crds"))? {
         let path = entry?.path();
         for doc in load_documents(&path)? {
+            if doc["kind"] != "CustomResourceDefinition" {
+                continue;
+            }
             let crd: CustomResourceDefinition = serde_json::from_value(doc)?;
             let name = crd.metadata.name.clone().context("CRD without a name")?;
             crds.patch(&name, &params, &Patch::Apply(&crd)).await?;

@@ -86,7 +86,14 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 fn crdgen(out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    for crd in crate::api::crd::all() {
+    let crds = crate::api::crd::all();
+    if let Some(dir) = out {
+        std::fs::write(
+            dir.join(crate::api::crd::KUSTOMIZATION),
+            crate::api::crd::kustomization(&crds),
+        )?;
+    }
+    for crd in crds {
         let yaml = crate::api::crd::to_yaml(&crd);
         match out {
             Some(dir) => std::fs::write(dir.join(crate::api::crd::file_name(&crd)), yaml)?,

@@ -19,6 +19,14 @@ fn crds_folder_matches_the_rust_types() {
             "crds/{file} is stale; run `make crds`"
         );
     }
+    let kustomization = std::fs::read_to_string(dir.join(crd::KUSTOMIZATION))
+        .unwrap_or_else(|e| panic!("crds/{}: {e}; run `make crds`", crd::KUSTOMIZATION));
+    assert!(
+        kustomization == crd::kustomization(&crd::all()),
+        "crds/{} is stale; run `make crds`",
+        crd::KUSTOMIZATION
+    );
+    expected.push(crd::KUSTOMIZATION.to_string());
     let mut present: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

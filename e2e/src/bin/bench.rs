@@ -53,7 +53,33 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Apply -> Ready of single tenants on an otherwise idle operator, one at a time.
+async fn idle_latencies(
+    client: &kube::Client,
+    operator: &Operator,
+    count: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<String>)> {
+    let mut latencies = vec![];
+    let mut names = vec![];
+    for i in 0..count {
+        let name = format!("{}-idle-{i}", operator.shard);
+        let manifest = operator.tenant(
+            &name,
+            json!({"displayName": "Idle", "deletionPolicy": "Delete"}),
+        );
+        let started = Instant::now();
+        apply(client, &manifest, None, false).await?;
+        partnerplane_e2e::wait_condition(client, &name, "Ready", "True", Duration::from_secs(30))
+            .await?;
+        latencies.push(started.elapsed());
+        names.push(name);
+    }
+    latencies.sort();
+    Ok((latencies, names))
+}
+
 struct OperatorRun {
+    idle: Vec<Duration>,
     backend_means: Vec<String>,
     total: Duration,
     latencies: Vec<Duration>,
@@ -68,6 +94,8 @@ async fn run_operator(
 ) -> anyhow::Result<(OperatorRun, Vec<String>)> {
     let operator =
         Operator::start(testbed, &unique_name("bench"), &["--concurrency", "32"]).await?;
+    let (idle, idle_names) = idle_latencies(client, &operator, 20).await?;
+    delete_tenants(client, &idle_names).await?;
     let names: Vec<String> = (0..tenants)
         .map(|i| format!("{}-{i}", operator.shard))
         .collect();
@@ -136,6 +164,7 @@ async fn run_operator(
     latencies.sort();
     let text = operator.metrics().await?;
     let run = OperatorRun {
+        idle,
         backend_means: backend_means(&text),
         total,
         latencies,
@@ -276,6 +305,11 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let (run, _) = run_operator(&testbed, &client, tenants).await?;
+    println!(
+        "one tenant, idle operator: apply -> Ready p50 {:.0} ms, p99 {:.0} ms (20 tenants, one at a time)",
+        percentile(&run.idle, 0.5).as_secs_f64() * 1e3,
+        percentile(&run.idle, 0.99).as_secs_f64() * 1e3
+    );
     let secs = run.total.as_secs_f64();
     println!(
         "operator: all {tenants} Ready in {secs:.1} s ({:.0} tenants/s)",
