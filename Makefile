@@ -12,6 +12,7 @@ demo: up
 
 ## test: lint, unit tests and the end-to-end suites against the real test bed
 test: lint up
+	e2e/demo.sh stop
 	cargo build --workspace --bins
 	source $(ENV) && cargo test --workspace --no-fail-fast
 

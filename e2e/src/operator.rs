@@ -31,6 +31,18 @@ impl Operator {
         shard: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        let selector = format!("{SHARD_LABEL}={shard}");
+        let mut args = vec!["--tenant-selector", selector.as_str()];
+        args.extend_from_slice(extra_args);
+        Self::launch(testbed, shard, &args).await
+    }
+
+    /// An operator for every tenant in the cluster, whatever its shard.
+    pub async fn start_unsharded(testbed: &Testbed, name: &str) -> anyhow::Result<Self> {
+        Self::launch(testbed, name, &[]).await
+    }
+
+    async fn launch(testbed: &Testbed, shard: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
         install_crds(&testbed.kube_admin().await?).await?;
         let port = free_port()?;
         let log_path = repo_root().join(format!("e2e/.testbed/logs/operator-{shard}.log"));
@@ -38,15 +50,8 @@ impl Operator {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let selector = format!("{SHARD_LABEL}={shard}");
         let http_addr = format!("127.0.0.1:{port}");
-        let mut args = vec![
-            "run",
-            "--http-addr",
-            &http_addr,
-            "--tenant-selector",
-            &selector,
-        ];
+        let mut args = vec!["run", "--http-addr", &http_addr];
         args.extend_from_slice(extra_args);
         let child = tokio::process::Command::new(operator_binary()?)
             .args(&args)

@@ -16,7 +16,7 @@ use partnerplane_e2e::{
 };
 use serde_json::json;
 
-const DEADLINE: Duration = Duration::from_secs(120);
+const DEADLINE: Duration = Duration::from_secs(180);
 
 /// Waits until the parts read as expected, and the Ready condition names the failing one.
 async fn wait_parts(
@@ -177,6 +177,9 @@ async fn crds_reinstalled(
         serde_json::from_value(json!({"metadata": {"name": "tenant-data"}, "data": {"k": "v"}}))?;
     configmaps.create(&PostParams::default(), &cm).await?;
 
+    // Deleting a CRD deletes every tenant in the cluster: an operator for all
+    // of them lets each one's finalizer run, whoever created it.
+    let everyone = Operator::start_unsharded(testbed, &format!("{}-all", operator.shard)).await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in partnerplane::api::crd::all() {
         crds.delete(
@@ -201,6 +204,7 @@ async fn crds_reinstalled(
         }
     })
     .await?;
+    drop(everyone);
     install_crds(client).await?;
 
     let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;

@@ -590,13 +590,13 @@ async fn wait_for_workloads(names: &TenantNames, ctx: &Context) -> Result<(), Er
     let copilots: Api<CopilotDeployment> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let lp = ListParams::default();
     let mut remaining = 0;
-    for p in pipelines.list_metadata(&lp).await?.items {
+    for p in list_or_empty(pipelines.list_metadata(&lp).await)? {
         remaining += 1;
         if p.metadata.deletion_timestamp.is_none() {
             let _ = pipelines.delete(&p.name_any(), &Default::default()).await?;
         }
     }
-    for c in copilots.list_metadata(&lp).await?.items {
+    for c in list_or_empty(copilots.list_metadata(&lp).await)? {
         remaining += 1;
         if c.metadata.deletion_timestamp.is_none() {
             let _ = copilots.delete(&c.name_any(), &Default::default()).await?;
@@ -609,6 +609,17 @@ async fn wait_for_workloads(names: &TenantNames, ctx: &Context) -> Result<(), Er
         )));
     }
     Ok(())
+}
+
+/// A list's items; a kind whose CRD is not installed has none.
+fn list_or_empty<T: Clone>(
+    result: Result<kube::api::ObjectList<T>, kube::Error>,
+) -> Result<Vec<T>, Error> {
+    match result {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(vec![]),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// With `Retain`, objects in the namespace lose their owner reference so
