@@ -55,12 +55,7 @@ where
         &Patch::Apply(&desired_json),
     )
     .await?;
-    metrics
-        .api_writes
-        .get_or_create(&KindLabels {
-            kind: kind_of::<K>(),
-        })
-        .inc();
+    count_write::<K>(metrics);
     Ok(true)
 }
 
@@ -79,12 +74,7 @@ where
         .await
     {
         Ok(_) => {
-            metrics
-                .api_writes
-                .get_or_create(&KindLabels {
-                    kind: kind_of::<K>(),
-                })
-                .inc();
+            count_write::<K>(metrics);
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -114,17 +104,21 @@ where
         .await
     {
         Ok(_) => {
-            metrics
-                .api_writes
-                .get_or_create(&KindLabels {
-                    kind: kind_of::<K>(),
-                })
-                .inc();
+            count_write::<K>(metrics);
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+fn count_write<K: Resource<DynamicType = ()>>(metrics: &Metrics) {
+    metrics
+        .api_writes
+        .get_or_create(&KindLabels {
+            kind: kind_of::<K>(),
+        })
+        .inc();
 }
 
 /// An untyped API handle for `K`, so one helper serves namespaced and cluster kinds.

@@ -446,24 +446,7 @@ async fn write_status(
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, READY))
         .map(|c| (c.status.clone(), c.reason.clone()));
-    let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": "partnerplane.io/v1alpha1",
-        "kind": "PartnerTenant",
-        "status": status,
-    });
-    api.patch_status(
-        &tenant.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.metrics
-        .api_writes
-        .get_or_create(&crate::metrics::KindLabels {
-            kind: "PartnerTenant/status".into(),
-        })
-        .inc();
+    patch_status(tenant, &status, ctx).await?;
     if let Some(ready) = ready
         && before != Some((ready.status.clone(), ready.reason.clone()))
     {
@@ -482,6 +465,33 @@ async fn write_status(
             tracing::warn!(error = %e, "publishing an Event failed");
         }
     }
+    Ok(())
+}
+
+/// Server-side applies the status subresource with the operator's field manager.
+async fn patch_status(
+    tenant: &PartnerTenant,
+    status: &PartnerTenantStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "partnerplane.io/v1alpha1",
+        "kind": "PartnerTenant",
+        "status": status,
+    });
+    api.patch_status(
+        &tenant.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics
+        .api_writes
+        .get_or_create(&crate::metrics::KindLabels {
+            kind: "PartnerTenant/status".into(),
+        })
+        .inc();
     Ok(())
 }
 
@@ -504,16 +514,10 @@ pub async fn cleanup(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action
                 tenant.metadata.generation,
             ),
         );
-        if tenant.status.as_ref() != Some(&status) {
-            let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
-            let patch = serde_json::json!({"apiVersion": "partnerplane.io/v1alpha1", "kind": "PartnerTenant", "status": status});
-            let _ = api
-                .patch_status(
-                    &tenant.name_any(),
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await;
+        if tenant.status.as_ref() != Some(&status)
+            && let Err(e) = patch_status(&tenant, &status, ctx).await
+        {
+            tracing::warn!(error = %e, "writing the deletion status failed");
         }
     }
     result?;
