@@ -76,7 +76,13 @@ async fn a_tenant_cannot_reach_another_tenants_schema_keys_secrets_or_namespace(
         ))
         .await?;
         let pg_a = pg_connect_as(&testbed, &a.creds["PGUSER"], &a.creds["PGPASSWORD"]).await?;
-        pg_a.batch_execute(&format!(r#"CREATE TABLE "{}".own (id int)"#, a.creds["PGSCHEMA"])).await?;
+        // pgvector is usable from the shared extensions schema, HNSW included.
+        pg_a.batch_execute(&format!(
+            r#"CREATE TABLE "{0}".own (id int, embedding vector(3));
+               CREATE INDEX ON "{0}".own USING hnsw (embedding vector_cosine_ops)"#,
+            a.creds["PGSCHEMA"]
+        ))
+        .await?;
         for statement in [
             format!(r#"SELECT * FROM "{}".partners"#, b.creds["PGSCHEMA"]),
             format!(r#"INSERT INTO "{}".partners VALUES ('x')"#, b.creds["PGSCHEMA"]),

@@ -13,11 +13,26 @@ async fn pgvector_and_an_hnsw_index_work() -> anyhow::Result<()> {
     let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
     assert!(version.starts_with("16."), "PostgreSQL {version}");
 
+    // The extension may already live in another schema (the operator keeps it
+    // in `extensions`): put that schema on the path.
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
+        .await?;
+    let home: String = client
+        .query_one(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'",
+            &[],
+        )
+        .await?
+        .get(0);
+    client
+        .batch_execute(&format!("SET search_path = {home}, public"))
+        .await?;
+
     let schema = unique_name("smoke_pgvector").replace('-', "_");
     client
         .batch_execute(&format!(
-            r#"CREATE EXTENSION IF NOT EXISTS vector;
-               CREATE SCHEMA "{schema}";
+            r#"CREATE SCHEMA "{schema}";
                CREATE TABLE "{schema}".docs (id int PRIMARY KEY, embedding vector(3));
                INSERT INTO "{schema}".docs VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0,0,1]');
                CREATE INDEX docs_hnsw ON "{schema}".docs

@@ -227,7 +227,7 @@ impl Postgres {
             .query_one(
                 r#"SELECT
                      EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
-                     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector'),
+                     (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'),
                      coalesce((SELECT bool_or(a.grantee = 0) FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
                                WHERE d.datname = current_database()), false),
                      coalesce((SELECT bool_or(a.grantee = 0) FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
@@ -241,9 +241,9 @@ impl Postgres {
             )
             .await
             .map_err(statement_error)?;
-        let (has_schema, has_vector, public_db, public_schema, database): (
+        let (has_schema, vector_home, public_db, public_schema, database): (
             bool,
-            bool,
+            Option<String>,
             bool,
             bool,
             String,
@@ -254,10 +254,13 @@ impl Postgres {
         if !has_schema {
             sql.push(format!("CREATE SCHEMA IF NOT EXISTS {ext}"));
         }
-        if !has_vector {
-            sql.push(format!(
+        // Tenants reach pgvector only through the extensions schema.
+        match vector_home.as_deref() {
+            None => sql.push(format!(
                 "CREATE EXTENSION IF NOT EXISTS vector SCHEMA {ext}"
-            ));
+            )),
+            Some(EXTENSIONS_SCHEMA) => {}
+            Some(_) => sql.push(format!("ALTER EXTENSION vector SET SCHEMA {ext}")),
         }
         if public_db {
             sql.push(format!(
