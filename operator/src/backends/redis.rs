@@ -122,7 +122,23 @@ impl Redis {
             .await
             .map_err(RedisError::Unavailable)?;
         self.metrics.backend_wrote("redis", 1);
+        self.persist_acls().await?;
         Ok(true)
+    }
+
+    /// Saves the ACLs to the server's ACL file, so a Redis restart keeps
+    /// them; a server without an ACL file keeps them in its config only.
+    async fn persist_acls(&self) -> Result<(), RedisError> {
+        let mut con = self.connection.clone();
+        match redis::cmd("ACL")
+            .arg("SAVE")
+            .query_async::<()>(&mut con)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().contains("not configured to use an ACL file") => Ok(()),
+            Err(e) => Err(RedisError::Unavailable(e)),
+        }
     }
 
     async fn get_user(
@@ -160,7 +176,7 @@ impl Redis {
             .await
             .map_err(RedisError::Unavailable)?;
         self.metrics.backend_wrote("redis", removed as u64);
-        Ok(())
+        self.persist_acls().await
     }
 
     /// Deletes every key under `prefix`.
