@@ -4,11 +4,14 @@
 //! partnerplane -A` lists every kind with its printer columns.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::discovery;
-use partnerplane_e2e::{Testbed, apply, install_crds, load_documents, repo_root, unique_name};
+use partnerplane_e2e::{
+    Testbed, apply, install_crds, load_documents, repo_root, unique_name, wait_until,
+};
 use serde_json::{Value, json};
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -223,9 +226,21 @@ async fn kubectl_explain_shows_the_descriptions() -> anyhow::Result<()> {
         ),
     ];
     for (path, expected) in cases {
-        let text = kubectl(
-            &testbed,
-            &["explain", path, "--api-version=partnerplane.io/v1alpha1"],
+        // A new CRD's OpenAPI schema is published a moment after it is Established.
+        let text = wait_until(
+            &format!("kubectl explain {path}"),
+            Duration::from_secs(60),
+            || {
+                let testbed = &testbed;
+                async move {
+                    kubectl(
+                        testbed,
+                        &["explain", path, "--api-version=partnerplane.io/v1alpha1"],
+                    )
+                    .await
+                    .map(Some)
+                }
+            },
         )
         .await?;
         assert!(text.contains(expected), "kubectl explain {path}:\n{text}");
