@@ -64,15 +64,31 @@ async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()>
         for name in &names {
             wait_condition(&client, name, "Ready", "True", Duration::from_secs(60)).await?;
         }
-        // Let the reconciles that Ready itself triggered settle first.
-        let settled = operator.metric_sum("partnerplane_reconciles_total").await?;
-        wait_until("the first resync", Duration::from_secs(30), || {
-            let operator = &operator;
-            async move {
-                let now = operator.metric_sum("partnerplane_reconciles_total").await?;
-                Ok((now >= settled + TENANTS as f64).then_some(()))
-            }
-        })
+        // Settled: a whole round of resyncs passes without a write. Reconciles
+        // that Ready itself triggered may still be running until then.
+        let previous = std::cell::Cell::new((-1.0, -1.0));
+        wait_until(
+            "a resync round without writes",
+            Duration::from_secs(60),
+            || {
+                let operator = &operator;
+                let previous = &previous;
+                async move {
+                    let writes = operator.metric_sum("partnerplane_api_writes_total").await?
+                        + operator
+                            .metric_sum("partnerplane_backend_writes_total")
+                            .await?;
+                    let reconciles = operator.metric_sum("partnerplane_reconciles_total").await?;
+                    let (last_writes, last_reconciles) = previous.get();
+                    if reconciles < last_reconciles + TENANTS as f64 {
+                        return Ok(None);
+                    }
+                    let settled = writes == last_writes;
+                    previous.set((writes, reconciles));
+                    Ok(settled.then_some(()))
+                }
+            },
+        )
         .await?;
 
         let audit_mark = size(&testbed.audit_log)?;

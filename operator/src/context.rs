@@ -90,6 +90,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
+    /// Credentials of every tenant this process fully converged, by tenant name.
+    pub known_credentials: Mutex<HashMap<String, crate::credentials::Credentials>>,
     /// True once every watch cache holds its initial list.
     pub caches_ready: tokio::sync::watch::Receiver<bool>,
 }

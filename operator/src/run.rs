@@ -96,6 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         recorder,
         backoff: Backoff::default(),
+        known_credentials: Default::default(),
         caches_ready,
     });
 

@@ -120,7 +120,13 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
     write_status(&tenant, status, ctx).await?;
 
     match parts.iter().find(|p| !p.ready) {
-        None => Ok(Action::requeue(ctx.settings.resync)),
+        None => {
+            ctx.known_credentials
+                .lock()
+                .expect("credentials lock")
+                .insert(tenant.name_any(), credentials);
+            Ok(Action::requeue(ctx.settings.resync))
+        }
         Some(p) if p.permanent => Err(Error::InvalidSpec(format!(
             "{}: {}",
             p.condition, p.message
@@ -236,17 +242,28 @@ async fn load_credentials(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "credential store unreadable");
-                if let Some(c) = credentials_from_secret(names, ctx) {
+                if let Some(c) = credentials_from_secret(names, ctx).or_else(|| known(tenant, ctx))
+                {
                     return (c, Origin::Stored);
                 }
                 return (Credentials::generate(), Origin::StoreUnavailable);
             }
         }
     }
-    if let Some(c) = credentials_from_secret(names, ctx) {
+    // The cache may not show a Secret this operator has just written, and a
+    // store may have lost its state: what this process last applied still holds.
+    if let Some(c) = credentials_from_secret(names, ctx).or_else(|| known(tenant, ctx)) {
         return (c, Origin::Stored);
     }
     (Credentials::generate(), Origin::Generated)
+}
+
+fn known(tenant: &PartnerTenant, ctx: &Context) -> Option<Credentials> {
+    ctx.known_credentials
+        .lock()
+        .expect("credentials lock")
+        .get(&tenant.name_any())
+        .cloned()
 }
 
 fn credentials_from_secret(names: &TenantNames, ctx: &Context) -> Option<Credentials> {
@@ -522,6 +539,10 @@ pub async fn cleanup(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action
     }
     result?;
     ctx.metrics.set_tenant_ready(&tenant.name_any(), None);
+    ctx.known_credentials
+        .lock()
+        .expect("credentials lock")
+        .remove(&tenant.name_any());
     let event = KubeEvent {
         type_: EventType::Normal,
         reason: match policy {
