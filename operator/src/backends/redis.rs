@@ -67,8 +67,20 @@ impl AclUser {
             && text("passwords") == vec![self.password_sha256.clone()]
             && text("keys") == vec![self.key_pattern.clone()]
             && text("channels") == vec![self.channel_pattern.clone()]
-            && text("commands") == vec![COMMAND_RULES.to_string()]
+            && same_rules(&text("commands").join(" "), COMMAND_RULES)
     }
+}
+
+/// Whether two command rule lists hold the same rules; Redis does not keep
+/// the order the rules were given in.
+fn same_rules(reported: &str, desired: &str) -> bool {
+    let sorted = |s: &str| {
+        let mut rules: Vec<&str> = s.split_whitespace().collect();
+        rules.sort_unstable();
+        rules.join(" ")
+    };
+    // `+@all` must come first for the denials to apply; Redis always reports it so.
+    reported.starts_with("+@all ") && sorted(reported) == sorted(desired)
 }
 
 fn value_strings(value: &redis::Value) -> Vec<String> {
@@ -245,6 +257,14 @@ mod tests {
             ("commands".to_string(), bulk(COMMAND_RULES)),
         ]);
         assert!(user.matches(&reported));
+        reported.insert(
+            "commands".to_string(),
+            bulk("+@all -@dangerous -scan -select -randomkey"),
+        );
+        assert!(user.matches(&reported), "rule order does not matter");
+        reported.insert("commands".to_string(), bulk("+@all -@dangerous -scan"));
+        assert!(!user.matches(&reported));
+        reported.insert("commands".to_string(), bulk(COMMAND_RULES));
         reported.insert("keys".to_string(), bulk("~*"));
         assert!(!user.matches(&reported));
     }
