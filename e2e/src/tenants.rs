@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use partnerplane::api::PartnerTenant;
 use tokio_postgres::NoTls;
 
@@ -84,4 +84,51 @@ pub async fn delete_tenants(client: &kube::Client, names: &[String]) -> anyhow::
         wait_deleted(client, name, Duration::from_secs(90)).await?;
     }
     Ok(())
+}
+
+/// Writes data a tenant owns, as the tenant: `rows` rows in `table` of its
+/// schema, and the ConfigMap `tenant-data` in its namespace.
+pub async fn write_tenant_data(
+    testbed: &Testbed,
+    client: &kube::Client,
+    namespace: &str,
+    creds: &BTreeMap<String, String>,
+    table: &str,
+    rows: i32,
+) -> anyhow::Result<()> {
+    let pg = pg_connect_as(testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await?;
+    pg.batch_execute(&format!(
+        r#"CREATE TABLE "{}"."{table}" (id int)"#,
+        creds["PGSCHEMA"]
+    ))
+    .await?;
+    for id in 0..rows {
+        pg.execute(
+            &format!(
+                r#"INSERT INTO "{}"."{table}" VALUES ($1)"#,
+                creds["PGSCHEMA"]
+            ),
+            &[&id],
+        )
+        .await?;
+    }
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "tenant-data"}, "data": {"k": "v"}}),
+    )?;
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}
+
+/// Rows in a tenant's table, read as the admin.
+pub async fn count_rows(testbed: &Testbed, schema: &str, table: &str) -> anyhow::Result<i64> {
+    Ok(pg_admin(testbed)
+        .await?
+        .query_one(
+            &format!(r#"SELECT count(*) FROM "{schema}"."{table}""#),
+            &[],
+        )
+        .await?
+        .get(0))
 }

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use partnerplane::api::PartnerTenant;
-use partnerplane_e2e::tenants::{credentials, pg_admin, pg_connect_as, redis_user_exists};
+use partnerplane_e2e::tenants::{
+    count_rows, credentials, pg_admin, pg_connect_as, redis_user_exists, write_tenant_data,
+};
 use partnerplane_e2e::{
     Operator, Testbed, apply, unique_name, wait_condition, wait_deleted, wait_until,
 };
@@ -28,16 +30,9 @@ async fn retain_keeps_data_and_namespace_but_revokes_every_credential() -> anyho
     let ns = status.namespace.unwrap();
     let creds = credentials(&client, &ns).await?;
 
+    write_tenant_data(&testbed, &client, &ns, &creds, "invoices", 3).await?;
     let pg = pg_connect_as(&testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await?;
-    pg.batch_execute(&format!(
-        r#"CREATE TABLE "{0}".invoices (id int); INSERT INTO "{0}".invoices VALUES (1), (2), (3)"#,
-        creds["PGSCHEMA"]
-    ))
-    .await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "tenant-data"}, "data": {"k": "v"}}))?;
-    configmaps.create(&PostParams::default(), &cm).await?;
     let bao = testbed.bao_admin()?;
     let vault = status.vault.unwrap();
 
@@ -47,14 +42,7 @@ async fn retain_keeps_data_and_namespace_but_revokes_every_credential() -> anyho
     wait_deleted(&client, &name, DEADLINE).await?;
 
     // Data and namespace stay, with the objects the operator made in it.
-    let rows: i64 = pg_admin(&testbed)
-        .await?
-        .query_one(
-            &format!(r#"SELECT count(*) FROM "{}".invoices"#, creds["PGSCHEMA"]),
-            &[],
-        )
-        .await?
-        .get(0);
+    let rows = count_rows(&testbed, &creds["PGSCHEMA"], "invoices").await?;
     assert_eq!(rows, 3);
     let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
     assert!(namespace.metadata.deletion_timestamp.is_none());

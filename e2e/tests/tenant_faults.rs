@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use partnerplane::api::PartnerTenant;
 use partnerplane_e2e::operator::condition;
-use partnerplane_e2e::tenants::{credentials, delete_tenants, pg_admin, pg_connect_as};
+use partnerplane_e2e::tenants::{
+    count_rows, credentials, delete_tenants, pg_connect_as, write_tenant_data,
+};
 use partnerplane_e2e::{
     Operator, Testbed, apply, install_crds, unique_name, wait_condition, wait_until,
 };
@@ -166,16 +168,8 @@ async fn crds_reinstalled(
     let tenant = wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
     let ns = tenant.status.unwrap().namespace.unwrap();
     let creds = credentials(client, &ns).await?;
-    let pg = pg_connect_as(testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await?;
-    pg.batch_execute(&format!(
-        r#"CREATE TABLE "{0}".orders (id int); INSERT INTO "{0}".orders VALUES (1), (2)"#,
-        creds["PGSCHEMA"]
-    ))
-    .await?;
+    write_tenant_data(testbed, client, &ns, &creds, "orders", 2).await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "tenant-data"}, "data": {"k": "v"}}))?;
-    configmaps.create(&PostParams::default(), &cm).await?;
 
     // Deleting a CRD deletes every tenant in the cluster: an operator for all
     // of them lets each one's finalizer run, whoever created it.
@@ -213,14 +207,7 @@ async fn crds_reinstalled(
         "the tenant namespace is being deleted"
     );
     configmaps.get("tenant-data").await?;
-    let rows: i64 = pg_admin(testbed)
-        .await?
-        .query_one(
-            &format!(r#"SELECT count(*) FROM "{}".orders"#, creds["PGSCHEMA"]),
-            &[],
-        )
-        .await?
-        .get(0);
+    let rows = count_rows(testbed, &creds["PGSCHEMA"], "orders").await?;
     assert_eq!(rows, 2);
 
     // Applying the tenant again restores access with the credentials it kept.
