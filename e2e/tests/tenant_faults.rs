@@ -49,6 +49,57 @@ async fn wait_parts(
     .await
 }
 
+/// A stopped backend as a new tenant sees it: every part converges but
+/// `failing`, whose condition names the backend.
+struct Outage<'a> {
+    failing: &'static str,
+    reason: &'static str,
+    message: &'a str,
+}
+
+/// Applies a tenant while a backend is down, checks the outage, then brings
+/// the test bed back up.
+async fn apply_during_outage(
+    testbed: &Testbed,
+    client: &kube::Client,
+    operator: &Operator,
+    name: &str,
+    outage: Outage<'_>,
+) -> anyhow::Result<()> {
+    let result = async {
+        apply(
+            client,
+            &operator.tenant(name, json!({"displayName": "Outage"})),
+            None,
+            false,
+        )
+        .await?;
+        let parts = [
+            "NamespaceReady",
+            "DatabaseReady",
+            "CacheReady",
+            "SecretsReady",
+        ]
+        .map(|part| {
+            (
+                part,
+                if part == outage.failing {
+                    "False"
+                } else {
+                    "True"
+                },
+            )
+        });
+        let tenant = wait_parts(client, name, &parts, outage.reason).await?;
+        let message = condition(&tenant, outage.failing).unwrap().message;
+        assert!(message.contains(outage.message), "{message}");
+        anyhow::Ok(())
+    }
+    .await;
+    testbed.bring_up()?;
+    result
+}
+
 async fn postgres_down(
     testbed: &Testbed,
     client: &kube::Client,
@@ -56,36 +107,12 @@ async fn postgres_down(
 ) -> anyhow::Result<String> {
     let name = format!("{}-pg", operator.shard);
     testbed.stop_postgres()?;
-    let result = async {
-        apply(
-            client,
-            &operator.tenant(&name, json!({"displayName": "PG down"})),
-            None,
-            false,
-        )
-        .await?;
-        let tenant = wait_parts(
-            client,
-            &name,
-            &[
-                ("NamespaceReady", "True"),
-                ("CacheReady", "True"),
-                ("SecretsReady", "True"),
-                ("DatabaseReady", "False"),
-            ],
-            "PostgresUnavailable",
-        )
-        .await?;
-        let message = condition(&tenant, "DatabaseReady").unwrap().message;
-        assert!(
-            message.contains("Postgres backend \"default\" is unavailable"),
-            "{message}"
-        );
-        anyhow::Ok(())
-    }
-    .await;
-    testbed.bring_up()?;
-    result?;
+    let outage = Outage {
+        failing: "DatabaseReady",
+        reason: "PostgresUnavailable",
+        message: "Postgres backend \"default\" is unavailable",
+    };
+    apply_during_outage(testbed, client, operator, &name, outage).await?;
     wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
     Ok(name)
 }
@@ -98,37 +125,13 @@ async fn openbao_down(
 ) -> anyhow::Result<String> {
     let name = format!("{}-bao", operator.shard);
     testbed.stop_openbao()?;
-    let result = async {
-        apply(
-            client,
-            &operator.tenant(&name, json!({"displayName": "Bao down"})),
-            None,
-            false,
-        )
-        .await?;
-        let tenant = wait_parts(
-            client,
-            &name,
-            &[
-                ("NamespaceReady", "True"),
-                ("DatabaseReady", "True"),
-                ("CacheReady", "True"),
-                ("SecretsReady", "False"),
-            ],
-            "VaultUnavailable",
-        )
-        .await?;
-        let message = condition(&tenant, "SecretsReady").unwrap().message;
-        assert!(
-            message.contains("Vault/OpenBao is unavailable"),
-            "{message}"
-        );
-        anyhow::Ok(())
-    }
-    .await;
+    let outage = Outage {
+        failing: "SecretsReady",
+        reason: "VaultUnavailable",
+        message: "Vault/OpenBao is unavailable",
+    };
     // OpenBao's dev mode starts empty: everything must be provisioned again.
-    testbed.bring_up()?;
-    result?;
+    apply_during_outage(testbed, client, operator, &name, outage).await?;
     let bao = testbed.bao_admin()?;
     for tenant in [&name, &earlier.to_string()] {
         let ready = wait_condition(client, tenant, "Ready", "True", DEADLINE).await?;
