@@ -69,17 +69,10 @@ pub async fn delete<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
-    match api_for::<K>(client, namespace)
+    let result = api_for::<K>(client, namespace)
         .delete(name, &DeleteParams::background())
-        .await
-    {
-        Ok(_) => {
-            count_write::<K>(metrics);
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+        .await;
+    counted_unless_missing::<K, _>(result, metrics)
 }
 
 /// Removes every owner reference of an object (so deleting its owner keeps it).
@@ -95,14 +88,22 @@ where
         return Ok(());
     }
     let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
-    match api_for::<K>(client, object.namespace().as_deref())
+    let result = api_for::<K>(client, object.namespace().as_deref())
         .patch(
             &object.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
+        .await;
+    counted_unless_missing::<K, _>(result, metrics)
+}
+
+/// Counts a successful write; an object already gone (404) counts as done.
+fn counted_unless_missing<K: Resource<DynamicType = ()>, T>(
+    result: Result<T, kube::Error>,
+    metrics: &Metrics,
+) -> Result<(), kube::Error> {
+    match result {
         Ok(_) => {
             count_write::<K>(metrics);
             Ok(())
