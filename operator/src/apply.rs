@@ -44,7 +44,7 @@ where
     let desired_json = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
     if let Some(live) = store.get(&reference) {
         let live_json = serde_json::to_value(live.as_ref()).map_err(kube::Error::SerdeError)?;
-        if is_subset(&desired_json, &live_json) {
+        if is_subset(&desired_json, &live_json) && !owned_by_a_tenant(live.as_ref()) {
             return Ok(false);
         }
     }
@@ -75,27 +75,14 @@ where
     counted_unless_missing::<K, _>(result, metrics)
 }
 
-/// Removes every owner reference of an object (so deleting its owner keeps it).
-pub async fn orphan<K>(
-    client: &kube::Client,
-    object: &K,
-    metrics: &Metrics,
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
-{
-    if object.owner_references().is_empty() {
-        return Ok(());
-    }
-    let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
-    let result = api_for::<K>(client, object.namespace().as_deref())
-        .patch(
-            &object.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await;
-    counted_unless_missing::<K, _>(result, metrics)
+/// Whether `object` still carries an owner reference to a PartnerTenant, as
+/// earlier versions set them; applying without one removes it, so the
+/// garbage collector can never take the object with its tenant.
+fn owned_by_a_tenant<K: Resource>(object: &K) -> bool {
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "PartnerTenant" && o.api_version.starts_with("partnerplane.io/"))
 }
 
 /// Counts a successful write; an object already gone (404) counts as done.

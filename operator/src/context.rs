@@ -41,6 +41,9 @@ pub struct Settings {
     pub resync: Duration,
     /// TCP ports tenant workloads may reach the shared backends on.
     pub backend_ports: Vec<u16>,
+    /// Namespaces no tenant may use: the operator's own and those holding
+    /// its backends' admin Secrets.
+    pub protected_namespaces: Vec<String>,
 }
 
 /// Connection details handed to tenants next to their passwords.
@@ -90,8 +93,6 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
-    /// Credentials of every tenant this process fully converged, by tenant name.
-    pub known_credentials: Mutex<HashMap<String, crate::credentials::Credentials>>,
     /// True once every watch cache holds its initial list.
     pub caches_ready: tokio::sync::watch::Receiver<bool>,
 }

@@ -24,13 +24,43 @@ const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
 /// Where a reconcile's credentials came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// Read from the tenant's credential store.
+    /// Read from the tenant's credential store: every backend is made to accept them.
     Stored,
-    /// None was stored: freshly generated, and must be set on every backend.
+    /// None was stored: freshly generated, and set on every backend.
     Generated,
-    /// The store could not be read: generated for parts that do not exist
-    /// yet; existing parts keep the passwords they have.
+    /// The primary store could not be read: existing backends keep the
+    /// passwords they have; only parts that do not exist yet get these.
     StoreUnavailable,
+}
+
+/// What one credential store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreRead {
+    Found(Credentials),
+    Missing,
+    Unreadable,
+}
+
+/// Which credentials a reconcile applies. The primary store (Vault/OpenBao
+/// when the tenant uses it, else the Kubernetes Secret) is the truth: an edit
+/// there rotates the backends. A lost primary is restored from the secondary;
+/// with both lost, new credentials are generated and set everywhere.
+pub fn choose(primary: StoreRead, secondary: Option<StoreRead>) -> (Credentials, Origin) {
+    let fallback = match secondary {
+        Some(StoreRead::Found(c)) => Some(c),
+        _ => None,
+    };
+    match primary {
+        StoreRead::Found(c) => (c, Origin::Stored),
+        StoreRead::Missing => match fallback {
+            Some(c) => (c, Origin::Stored),
+            None => (Credentials::generate(), Origin::Generated),
+        },
+        StoreRead::Unreadable => (
+            fallback.unwrap_or_else(Credentials::generate),
+            Origin::StoreUnavailable,
+        ),
+    }
 }
 
 impl Credentials {
@@ -70,6 +100,32 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains(&c.postgres_password));
         assert!(!printed.contains(&c.redis_password));
+    }
+
+    #[test]
+    fn the_primary_store_wins_and_a_lost_one_is_restored_from_the_secondary() {
+        let (vault, secret) = (Credentials::generate(), Credentials::generate());
+        let found = |c: &Credentials| StoreRead::Found(c.clone());
+        assert_eq!(
+            choose(found(&vault), Some(found(&secret))),
+            (vault.clone(), Origin::Stored)
+        );
+        assert_eq!(
+            choose(StoreRead::Missing, Some(found(&secret))),
+            (secret.clone(), Origin::Stored)
+        );
+        let (fresh, origin) = choose(StoreRead::Missing, Some(StoreRead::Missing));
+        assert_eq!(origin, Origin::Generated);
+        assert_ne!(fresh, secret);
+        assert_eq!(
+            choose(StoreRead::Unreadable, Some(found(&secret))),
+            (secret, Origin::StoreUnavailable)
+        );
+        assert_eq!(
+            choose(StoreRead::Unreadable, None).1,
+            Origin::StoreUnavailable
+        );
+        assert_eq!(choose(StoreRead::Missing, None).1, Origin::Generated);
     }
 
     #[test]

@@ -92,11 +92,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings: Settings {
             resync: Duration::from_secs(args.resync_seconds),
             backend_ports: args.backend_ports.clone(),
+            protected_namespaces: protected_namespaces(&config),
         },
         metrics: metrics.clone(),
         recorder,
         backoff: Backoff::default(),
-        known_credentials: Default::default(),
         caches_ready,
     });
 
@@ -127,6 +127,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.await.context("HTTP server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The operator's own namespace (`POD_NAMESPACE` in a cluster) and every
+/// namespace holding one of its admin Secrets: no tenant may claim them.
+fn protected_namespaces(config: &OperatorConfig) -> Vec<String> {
+    let mut namespaces: Vec<String> = config
+        .postgres
+        .iter()
+        .map(|p| p.dsn_secret.namespace.clone())
+        .chain([
+            config.redis.url_secret.namespace.clone(),
+            config.vault.token_secret.namespace.clone(),
+        ])
+        .chain(std::env::var("POD_NAMESPACE").ok())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
 }
 
 /// Fails fast with a clear message when the CRDs are missing.

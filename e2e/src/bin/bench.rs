@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use partnerplane::api::tenant::Tier;
 use partnerplane::api::{PartnerTenant, PartnerTenantSpec};
-use partnerplane::backends::postgres::Postgres;
+use partnerplane::backends::postgres::{PasswordPolicy, Postgres};
 use partnerplane::backends::redis::{AclUser, Redis};
 use partnerplane::backends::vault::Vault;
 use partnerplane::config::{OperatorConfig, PostgresBackendConfig};
@@ -21,6 +21,7 @@ use partnerplane::credentials::Credentials;
 use partnerplane::metrics::Metrics;
 use partnerplane::naming::TenantNames;
 use partnerplane::tenant::children;
+use partnerplane::tenant::ownership::Origin;
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name};
 use serde_json::json;
@@ -214,7 +215,7 @@ async fn run_floor(
                 let mut tenant = PartnerTenant::new(&name, spec);
                 tenant.metadata.uid = Some(format!("floor-{i}"));
                 let mut objects: Vec<serde_json::Value> = vec![
-                    serde_json::to_value(children::namespace(&tenant, &names))?,
+                    serde_json::to_value(children::namespace(&tenant, &names, Origin::Created))?,
                     serde_json::to_value(children::resource_quota(&tenant, &names))?,
                     serde_json::to_value(children::limit_range(&tenant, &names))?,
                     serde_json::to_value(children::service_account(&tenant, &names))?,
@@ -224,17 +225,18 @@ async fn run_floor(
                 for policy in children::network_policies(&tenant, &names, &[5432, 6379, 8200]) {
                     objects.push(serde_json::to_value(policy)?);
                 }
-                for mut object in objects {
-                    // No owner: the floor's objects have no PartnerTenant to belong to.
-                    object["metadata"]
-                        .as_object_mut()
-                        .context("metadata")?
-                        .remove("ownerReferences");
+                for object in objects {
                     apply(&client, &object, None, false).await?;
                 }
                 let credentials = Credentials::generate();
                 postgres
-                    .ensure_tenant("default", &names, &credentials.postgres_password, false)
+                    .ensure_tenant(
+                        "default",
+                        &names,
+                        &credentials.postgres_password,
+                        PasswordPolicy::Enforce,
+                        Tier::default(),
+                    )
                     .await?;
                 redis
                     .ensure_user(&AclUser::new(&names, &credentials.redis_password))

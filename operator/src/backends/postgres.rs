@@ -41,6 +41,20 @@ pub enum PostgresError {
     },
 }
 
+/// Whether a converge may set the role's password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordPolicy {
+    Enforce,
+    KeepExisting,
+}
+
+/// What a converge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Converged {
+    pub statements: usize,
+    pub password_changed: bool,
+}
+
 /// What the catalog says about one tenant.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TenantState {
@@ -324,8 +338,10 @@ impl Postgres {
         backend: &str,
         names: &TenantNames,
         password: &str,
-        reset_password: bool,
-    ) -> Result<usize, PostgresError> {
+        policy: PasswordPolicy,
+        _tier: crate::api::tenant::Tier,
+    ) -> Result<Converged, PostgresError> {
+        let reset_password = policy == PasswordPolicy::Enforce;
         let _timer = self.metrics.backend_timer("postgres", "ensure_tenant");
         {
             // One preparation per backend, even when many tenants start at once.
@@ -345,7 +361,10 @@ impl Postgres {
         };
         let sql = plan_tenant(names, &state, &verifier, reset_password);
         self.execute(backend, &client, &sql).await?;
-        Ok(sql.len())
+        Ok(Converged {
+            statements: sql.len(),
+            password_changed: false,
+        })
     }
 
     /// Disables the tenant's login and ends its sessions; data stays.

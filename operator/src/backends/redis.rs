@@ -25,6 +25,13 @@ pub enum RedisError {
     Unavailable(#[source] redis::RedisError),
 }
 
+/// What converging a user did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserChange {
+    pub wrote: bool,
+    pub password_changed: bool,
+}
+
 /// The desired ACL user of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AclUser {
@@ -120,13 +127,13 @@ impl Redis {
         })
     }
 
-    /// Creates or corrects the tenant's ACL user; returns whether it wrote.
-    pub async fn ensure_user(&self, user: &AclUser) -> Result<bool, RedisError> {
+    /// Creates or corrects the tenant's ACL user.
+    pub async fn ensure_user(&self, user: &AclUser) -> Result<UserChange, RedisError> {
         let _timer = self.metrics.backend_timer("redis", "ensure_user");
         let reported = self.get_user(&user.name).await?;
         let mut con = self.connection.clone();
         if reported.as_ref().is_some_and(|r| user.matches(r)) {
-            return Ok(false);
+            return Ok(UserChange::default());
         }
         let _: () = redis::cmd("ACL")
             .arg(user.setuser_args())
@@ -135,7 +142,10 @@ impl Redis {
             .map_err(RedisError::Unavailable)?;
         self.metrics.backend_wrote("redis", 1);
         self.persist_acls().await?;
-        Ok(true)
+        Ok(UserChange {
+            wrote: true,
+            password_changed: false,
+        })
     }
 
     /// Saves the ACLs to the server's ACL file, so a Redis restart keeps
@@ -171,7 +181,7 @@ impl Redis {
         if self.get_user(&user.name).await?.is_some() {
             return Ok(false);
         }
-        self.ensure_user(user).await
+        Ok(self.ensure_user(user).await?.wrote)
     }
 
     /// Removes the tenant's user if it exists (Redis closes its connections).

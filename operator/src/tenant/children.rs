@@ -1,9 +1,9 @@
 //! The Kubernetes objects of a tenant, as pure functions of its spec.
 //!
-//! The namespace carries no owner reference: deleting the PartnerTenant (or
-//! its CRD) must never garbage-collect a tenant's namespace. Objects inside it
-//! are owned by the tenant so that `Delete` cleans them up; `Retain` orphans
-//! them first.
+//! No object carries an owner reference to the PartnerTenant: deleting the
+//! tenant, its CRD or a finalizer by hand must never let the garbage collector
+//! take a tenant's namespace, credentials or Redis. Objects are found by label
+//! and annotation instead; `Delete` removes them explicitly.
 
 use std::collections::BTreeMap;
 
@@ -14,11 +14,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::ownership::{self, Origin};
 use crate::api::PartnerTenant;
 use crate::api::tenant::{NetworkIsolation, Tier};
 use crate::naming::{self, TenantNames};
@@ -35,7 +35,7 @@ pub fn labels(tenant: &str) -> BTreeMap<String, String> {
 /// Label selector of everything the operator manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=partnerplane";
 /// Annotation with the tenant's full name (labels are limited to 63 characters).
-pub const TENANT_ANNOTATION: &str = "partnerplane.io/tenant-name";
+pub const TENANT_ANNOTATION: &str = ownership::TENANT_NAME;
 
 /// Name of the tenant's own Redis (Dedicated mode).
 pub const DEDICATED_REDIS: &str = "tenant-redis";
@@ -46,24 +46,18 @@ fn build<K: DeserializeOwned>(value: Value) -> K {
     serde_json::from_value(value).expect("built objects match their types")
 }
 
-fn owner(tenant: &PartnerTenant) -> OwnerReference {
-    tenant
-        .controller_owner_ref(&())
-        .expect("a stored PartnerTenant has a name and uid")
-}
-
 fn metadata(tenant: &PartnerTenant, names: &TenantNames, name: &str) -> Value {
     json!({
         "name": name,
         "namespace": names.namespace,
         "labels": labels(&tenant.name_any()),
         "annotations": {TENANT_ANNOTATION: tenant.name_any()},
-        "ownerReferences": [owner(tenant)],
     })
 }
 
-/// The tenant namespace, with Pod Security admission guard rails.
-pub fn namespace(tenant: &PartnerTenant, names: &TenantNames) -> Namespace {
+/// The tenant namespace, with Pod Security admission guard rails and the
+/// record of whose it is (see [`ownership`]).
+pub fn namespace(tenant: &PartnerTenant, names: &TenantNames, origin: Origin) -> Namespace {
     let mut labels = labels(&tenant.name_any());
     labels.insert(
         "pod-security.kubernetes.io/enforce".into(),
@@ -79,7 +73,11 @@ pub fn namespace(tenant: &PartnerTenant, names: &TenantNames) -> Namespace {
         "metadata": {
             "name": names.namespace,
             "labels": labels,
-            "annotations": {TENANT_ANNOTATION: tenant.name_any()},
+            "annotations": {
+                ownership::TENANT_NAME: tenant.name_any(),
+                ownership::TENANT_UID: tenant.uid().unwrap_or_default(),
+                ownership::ORIGIN: origin.as_str(),
+            },
         }
     }))
 }
@@ -293,21 +291,29 @@ mod tests {
     }
 
     #[test]
-    fn the_namespace_has_no_owner_so_it_survives_the_tenant() {
+    fn the_namespace_has_no_owner_and_records_whose_it_is() {
         let t = tenant("displayName: Acme");
-        let ns = namespace(&t, &TenantNames::new("acme", None));
+        let ns = namespace(&t, &TenantNames::new("acme", None), Origin::Created);
         assert!(ns.metadata.owner_references.is_none());
         assert_eq!(ns.metadata.name.as_deref(), Some("ptn-acme"));
         assert_eq!(ns.labels()[naming::TENANT_LABEL], "acme");
+        assert_eq!(ns.annotations()[ownership::TENANT_UID], "uid-1");
+        assert_eq!(ns.annotations()[ownership::ORIGIN], "created");
     }
 
     #[test]
-    fn objects_inside_are_owned_by_the_tenant() {
+    fn nothing_inside_can_be_garbage_collected_through_the_tenant() {
         let t = tenant("displayName: Acme");
-        let quota = resource_quota(&t, &TenantNames::new("acme", None));
-        let owners = quota.metadata.owner_references.unwrap();
-        assert_eq!(owners[0].kind, "PartnerTenant");
-        assert_eq!(owners[0].controller, Some(true));
+        let names = TenantNames::new("acme", None);
+        let creds = secret(&t, &names, naming::CREDENTIALS_SECRET, &BTreeMap::new());
+        assert!(creds.metadata.owner_references.is_none());
+        assert!(
+            resource_quota(&t, &names)
+                .metadata
+                .owner_references
+                .is_none()
+        );
+        assert_eq!(tenant_of(&creds).as_deref(), Some("acme"));
     }
 
     #[test]

@@ -17,6 +17,17 @@ pub enum Error {
     Vault(#[from] VaultError),
     #[error("{0}")]
     InvalidSpec(String),
+    #[error("{0}")]
+    NamespaceNotOwned(String),
+    #[error("{0}")]
+    BackendNotConfigured(String),
+    /// A part of the tenant is not ready; keeps that part's category.
+    #[error("{message}")]
+    NotReady {
+        reason: &'static str,
+        message: String,
+        permanent: bool,
+    },
     #[error("waiting for {0}")]
     Waiting(String),
     #[error("finalizer: {0}")]
@@ -35,6 +46,9 @@ impl Error {
             Self::Vault(VaultError::Unavailable(_)) => "VaultUnavailable",
             Self::Vault(VaultError::Refused { .. }) => "VaultRefused",
             Self::InvalidSpec(_) => "InvalidSpec",
+            Self::NamespaceNotOwned(_) => "NamespaceNotOwned",
+            Self::BackendNotConfigured(_) => "BackendNotConfigured",
+            Self::NotReady { reason, .. } => reason,
             Self::Waiting(_) => "Waiting",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -48,7 +62,14 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::InvalidSpec(_) | Self::Postgres(PostgresError::UnknownBackend(_))
+            Self::InvalidSpec(_)
+                | Self::NamespaceNotOwned(_)
+                | Self::BackendNotConfigured(_)
+                | Self::NotReady {
+                    permanent: true,
+                    ..
+                }
+                | Self::Postgres(PostgresError::UnknownBackend(_))
         ) || matches!(self, Self::Finalizer(inner) if matches!(inner.as_ref(),
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) if e.is_permanent()))
     }

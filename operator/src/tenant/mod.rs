@@ -2,9 +2,12 @@
 //! and runs [`reconcile::apply`] or [`reconcile::cleanup`] under a finalizer.
 
 pub mod children;
+pub mod cleanup;
 pub mod error;
+pub mod ownership;
 pub mod reconcile;
 pub mod status;
+pub mod teardown;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,7 +55,7 @@ async fn reconcile(tenant: Arc<PartnerTenant>, ctx: Arc<Context>) -> Result<Acti
     let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             FinalizerEvent::Apply(t) => reconcile::apply(t, &ctx).await,
-            FinalizerEvent::Cleanup(t) => reconcile::cleanup(t, &ctx).await,
+            FinalizerEvent::Cleanup(t) => cleanup::cleanup(t, &ctx).await,
         }
     })
     .instrument(span)

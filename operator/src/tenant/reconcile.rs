@@ -1,15 +1,18 @@
-//! Provisioning and teardown of one tenant.
+//! Provisioning of one tenant.
 //!
-//! Apply converges every part — Kubernetes objects, Postgres, Redis,
-//! Vault/OpenBao — independently, so one unavailable backend leaves the others
-//! converging; each part reports its own condition. Cleanup honours the
-//! deletion policy and tolerates Apply never having run.
+//! The namespace is claimed first, from a live read: nothing namespaced and
+//! nothing bound to the namespace (the OpenBao role) runs until it is the
+//! tenant's. Then every part — Kubernetes objects, Postgres, Redis,
+//! Vault/OpenBao — converges independently, so one unavailable backend leaves
+//! the others converging; each part reports its own condition. Before any
+//! backend is touched the status records which backends the tenant uses, so
+//! deletion later knows exactly what it may have to clean up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -19,22 +22,22 @@ use serde::de::DeserializeOwned;
 
 use super::children;
 use super::error::Error;
+use super::ownership::{self, Claim, Origin as NamespaceOrigin};
 use super::status::{self, PartOutcome};
-use crate::api::conditions::{self, READY};
-use crate::api::tenant::{
-    DeletionPolicy, PostgresStatus, RedisMode, RedisStatus, SecretStore, VaultStatus,
-};
-use crate::api::{CopilotDeployment, MetricPipeline, PartnerTenant, PartnerTenantStatus};
+use crate::api::conditions::{self, READY, RECONCILING};
+use crate::api::tenant::{PostgresStatus, RedisMode, RedisStatus, SecretStore, VaultStatus};
+use crate::api::{PartnerTenant, PartnerTenantStatus};
 use crate::apply::{self, FIELD_MANAGER};
+use crate::backends::postgres::PasswordPolicy;
 use crate::backends::redis::AclUser;
 use crate::context::Context;
-use crate::credentials::{Credentials, Origin};
+use crate::credentials::{self, Credentials, Origin, StoreRead};
 use crate::naming::{self, TenantNames};
 
 /// Path of the credentials under the tenant's Vault/OpenBao prefix.
 const VAULT_CREDENTIALS: &str = "credentials";
 
-fn names_of(tenant: &PartnerTenant) -> TenantNames {
+pub(super) fn names_of(tenant: &PartnerTenant) -> TenantNames {
     TenantNames::new(&tenant.name_any(), tenant.spec.namespace.as_deref())
 }
 
@@ -45,97 +48,7 @@ fn outcome(condition: &'static str, result: Result<String, Error>) -> PartOutcom
     }
 }
 
-/// Converges the tenant toward its spec.
-pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, Error> {
-    if tenant.spec.suspend {
-        tracing::info!("suspended; leaving provisioned state as is");
-        return Ok(Action::await_change());
-    }
-    let names = names_of(&tenant);
-    let backend = tenant.spec.postgres.backend.clone();
-
-    let namespace = outcome(
-        status::NAMESPACE_READY,
-        apply_kubernetes(&tenant, &names, ctx).await,
-    );
-    let (credentials, origin) = load_credentials(&tenant, &names, ctx).await;
-    let database = outcome(
-        status::DATABASE_READY,
-        apply_database(&backend, &names, &credentials, origin, ctx).await,
-    );
-    let cache = outcome(
-        status::CACHE_READY,
-        apply_cache(&tenant, &names, &credentials, origin, ctx).await,
-    );
-    let secrets = outcome(
-        status::SECRETS_READY,
-        apply_secrets(&tenant, &names, &credentials, origin, ctx).await,
-    );
-    let parts = [namespace, database, cache, secrets];
-
-    let status = PartnerTenantStatus {
-        observed_generation: tenant.metadata.generation,
-        conditions: status::roll_up(
-            tenant
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default(),
-            &parts,
-            tenant.metadata.generation,
-        ),
-        namespace: Some(names.namespace.clone()),
-        postgres: Some(PostgresStatus {
-            backend: backend.clone(),
-            schema: names.schema.clone(),
-            role: names.role.clone(),
-        }),
-        redis: Some(match tenant.spec.redis.mode {
-            RedisMode::Shared => RedisStatus {
-                mode: RedisMode::Shared,
-                user: Some(names.redis_user.clone()),
-                key_prefix: Some(names.redis_key_prefix.clone()),
-                service: None,
-            },
-            RedisMode::Dedicated => RedisStatus {
-                mode: RedisMode::Dedicated,
-                user: None,
-                key_prefix: None,
-                service: Some(format!(
-                    "{}.{}.svc",
-                    children::DEDICATED_REDIS,
-                    names.namespace
-                )),
-            },
-        }),
-        vault: stores_in_vault(&tenant).then(|| VaultStatus {
-            mount: ctx.vault.kv_mount().to_string(),
-            path: names.vault_path.clone(),
-            policy: names.vault_policy.clone(),
-            auth_role: names.vault_auth_role.clone(),
-        }),
-        credentials_secret: stores_in_kubernetes(&tenant)
-            .then(|| naming::CREDENTIALS_SECRET.to_string()),
-    };
-    write_status(&tenant, status, ctx).await?;
-
-    match parts.iter().find(|p| !p.ready) {
-        None => {
-            ctx.known_credentials
-                .lock()
-                .expect("credentials lock")
-                .insert(tenant.name_any(), credentials);
-            Ok(Action::requeue(ctx.settings.resync))
-        }
-        Some(p) if p.permanent => Err(Error::InvalidSpec(format!(
-            "{}: {}",
-            p.condition, p.message
-        ))),
-        Some(p) => Err(Error::Waiting(format!("{}: {}", p.condition, p.message))),
-    }
-}
-
-fn stores_in_vault(tenant: &PartnerTenant) -> bool {
+pub(super) fn stores_in_vault(tenant: &PartnerTenant) -> bool {
     matches!(
         tenant.spec.secrets.store,
         SecretStore::Vault | SecretStore::Both
@@ -149,6 +62,249 @@ fn stores_in_kubernetes(tenant: &PartnerTenant) -> bool {
     )
 }
 
+/// What a live read shows of `name`; the cache holds only namespaces the
+/// operator labelled, so a miss there says nothing about existence.
+pub(super) async fn observe_namespace(
+    name: &str,
+    ctx: &Context,
+) -> Result<Option<ownership::Observed>, Error> {
+    let live = match ctx.stores.namespaces.get(&ObjectRef::new(name)) {
+        Some(cached) => Some(cached.as_ref().clone()),
+        None => {
+            Api::<Namespace>::all(ctx.client.clone())
+                .get_opt(name)
+                .await?
+        }
+    };
+    Ok(live.map(|ns| ownership::Observed {
+        terminating: ns.metadata.deletion_timestamp.is_some(),
+        annotations: ns.metadata.annotations.unwrap_or_default(),
+    }))
+}
+
+pub(super) async fn claim_namespace(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    ctx: &Context,
+) -> Result<Claim, Error> {
+    let observed = observe_namespace(&names.namespace, ctx).await?;
+    Ok(ownership::decide(
+        &names.namespace,
+        observed.as_ref(),
+        &tenant.name_any(),
+        tenant.uid().as_deref().unwrap_or_default(),
+        &ctx.settings.protected_namespaces,
+    ))
+}
+
+/// Converges the tenant toward its spec.
+pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, Error> {
+    let names = names_of(&tenant);
+    let origin = match claim_namespace(&tenant, &names, ctx).await? {
+        Claim::Create => NamespaceOrigin::Created,
+        Claim::Owned { origin, .. } => origin,
+        Claim::Terminating => {
+            let message = format!("namespace {} to finish terminating", names.namespace);
+            return finish_without_parts(&tenant, ctx, Error::Waiting(message)).await;
+        }
+        Claim::Refused(message) => {
+            return finish_without_parts(&tenant, ctx, Error::NamespaceNotOwned(message)).await;
+        }
+    };
+    if tenant.spec.suspend {
+        tracing::info!("suspended; leaving provisioned state as is");
+        return Ok(Action::await_change());
+    }
+    let previous = tenant.status.clone().unwrap_or_default();
+    record_intent(&tenant, &names, &previous, ctx).await?;
+
+    let namespace = outcome(
+        status::NAMESPACE_READY,
+        apply_kubernetes(&tenant, &names, origin, ctx).await,
+    );
+    let (credentials, cred_origin) = load_credentials(&tenant, &names, ctx).await;
+    let mut rotated = vec![];
+    let database = outcome(
+        status::DATABASE_READY,
+        apply_database(
+            &tenant,
+            &names,
+            &credentials,
+            cred_origin,
+            &mut rotated,
+            ctx,
+        )
+        .await,
+    );
+    let cache = outcome(
+        status::CACHE_READY,
+        apply_cache(
+            &tenant,
+            &names,
+            &credentials,
+            cred_origin,
+            &mut rotated,
+            ctx,
+        )
+        .await,
+    );
+    let mut vault_detached = false;
+    let secrets = outcome(
+        status::SECRETS_READY,
+        apply_secrets(
+            &tenant,
+            &names,
+            &credentials,
+            cred_origin,
+            &mut vault_detached,
+            ctx,
+        )
+        .await,
+    );
+    if !rotated.is_empty() {
+        publish(
+            &tenant,
+            ctx,
+            EventType::Normal,
+            "CredentialsRotated",
+            "Rotate",
+            format!(
+                "set the password of {} to the one in the credential store",
+                rotated.join(" and ")
+            ),
+        )
+        .await;
+    }
+    let parts = [namespace, database, cache, secrets];
+
+    let mut status = intended_status(&tenant, &names, &previous, ctx);
+    status.observed_generation = tenant.metadata.generation;
+    status.conditions = status::roll_up(&previous.conditions, &parts, tenant.metadata.generation);
+    if vault_detached {
+        status.vault = None;
+    }
+    write_status(&tenant, status, ctx).await?;
+
+    match parts.iter().find(|p| !p.ready) {
+        None => Ok(Action::requeue(ctx.settings.resync)),
+        Some(p) => Err(Error::NotReady {
+            reason: p.reason,
+            message: format!("{}: {}", p.condition, p.message),
+            permanent: p.permanent,
+        }),
+    }
+}
+
+/// The status a reconcile ends with when no part may run: the namespace
+/// condition says why, and nothing else is touched.
+async fn finish_without_parts(
+    tenant: &PartnerTenant,
+    ctx: &Context,
+    error: Error,
+) -> Result<Action, Error> {
+    let previous = tenant.status.clone().unwrap_or_default();
+    let part = outcome(status::NAMESPACE_READY, Err(error));
+    let status = PartnerTenantStatus {
+        observed_generation: tenant.metadata.generation,
+        conditions: status::roll_up(
+            &previous.conditions,
+            std::slice::from_ref(&part),
+            tenant.metadata.generation,
+        ),
+        ..previous
+    };
+    write_status(tenant, status, ctx).await?;
+    Err(Error::NotReady {
+        reason: part.reason,
+        message: format!("{}: {}", part.condition, part.message),
+        permanent: part.permanent,
+    })
+}
+
+/// Names of everything the tenant uses, recorded in the status before any
+/// backend is touched; a backend stays recorded until its part is undone.
+fn intended_status(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    previous: &PartnerTenantStatus,
+    ctx: &Context,
+) -> PartnerTenantStatus {
+    let previous_user = previous.redis.as_ref().and_then(|r| r.user.clone());
+    PartnerTenantStatus {
+        observed_generation: previous.observed_generation,
+        conditions: previous.conditions.clone(),
+        namespace: Some(names.namespace.clone()),
+        postgres: Some(PostgresStatus {
+            backend: tenant.spec.postgres.backend.clone(),
+            schema: names.schema.clone(),
+            role: names.role.clone(),
+        }),
+        redis: Some(match tenant.spec.redis.mode {
+            RedisMode::Shared => RedisStatus {
+                mode: RedisMode::Shared,
+                user: Some(names.redis_user.clone()),
+                key_prefix: Some(names.redis_key_prefix.clone()),
+                service: None,
+            },
+            RedisMode::Dedicated => RedisStatus {
+                mode: RedisMode::Dedicated,
+                // Kept until the shared user is confirmed removed.
+                user: previous_user,
+                key_prefix: None,
+                service: Some(format!(
+                    "{}.{}.svc",
+                    children::DEDICATED_REDIS,
+                    names.namespace
+                )),
+            },
+        }),
+        vault: (stores_in_vault(tenant) || previous.vault.is_some()).then(|| VaultStatus {
+            mount: ctx.vault.kv_mount().to_string(),
+            path: names.vault_path.clone(),
+            policy: names.vault_policy.clone(),
+            auth_role: names.vault_auth_role.clone(),
+        }),
+        credentials_secret: stores_in_kubernetes(tenant)
+            .then(|| naming::CREDENTIALS_SECRET.to_string()),
+    }
+}
+
+/// Writes what the tenant is about to use and `Reconciling=True` for a new
+/// generation, unless the status already says so.
+async fn record_intent(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    previous: &PartnerTenantStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let mut intent = intended_status(tenant, names, previous, ctx);
+    let same_records = intent.postgres == previous.postgres
+        && intent.redis.as_ref().and_then(|r| r.user.as_ref())
+            == previous.redis.as_ref().and_then(|r| r.user.as_ref())
+        && intent.vault == previous.vault;
+    let new_generation = previous.observed_generation != tenant.metadata.generation;
+    if same_records && !new_generation {
+        return Ok(());
+    }
+    if new_generation {
+        conditions::upsert(
+            &mut intent.conditions,
+            conditions::new(
+                RECONCILING,
+                true,
+                "Progressing",
+                format!(
+                    "provisioning generation {}",
+                    tenant.metadata.generation.unwrap_or_default()
+                ),
+                tenant.metadata.generation,
+            ),
+        );
+        intent.observed_generation = tenant.metadata.generation;
+    }
+    patch_status(tenant, &intent, ctx).await
+}
+
 async fn apply_one<K>(ctx: &Context, store: &Store<K>, desired: &K) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Serialize + DeserializeOwned,
@@ -157,7 +313,7 @@ where
 }
 
 /// Deletes the tenant's objects in `store` whose names are not in `keep`.
-async fn prune<K>(
+pub(super) async fn prune<K>(
     ctx: &Context,
     store: &Store<K>,
     names: &TenantNames,
@@ -186,19 +342,18 @@ where
 async fn apply_kubernetes(
     tenant: &PartnerTenant,
     names: &TenantNames,
+    origin: NamespaceOrigin,
     ctx: &Context,
 ) -> Result<String, Error> {
     let s = &ctx.stores;
     let tenant_name = tenant.name_any();
-    if let Some(existing) = s.namespaces.get(&ObjectRef::new(&names.namespace))
-        && children::tenant_of(existing.as_ref()).is_some_and(|owner| owner != tenant_name)
-    {
-        return Err(Error::InvalidSpec(format!(
-            "namespace {} belongs to another tenant",
-            names.namespace
-        )));
-    }
-    apply_one(ctx, &s.namespaces, &children::namespace(tenant, names)).await?;
+    apply_one(
+        ctx,
+        &s.namespaces,
+        &children::namespace(tenant, names, origin),
+    )
+    .await?;
+    release_adoption_mark(tenant, names, ctx).await?;
     apply_one(ctx, &s.quotas, &children::resource_quota(tenant, names)).await?;
     apply_one(ctx, &s.limit_ranges, &children::limit_range(tenant, names)).await?;
     let policies = children::network_policies(tenant, names, &ctx.settings.backend_ports);
@@ -221,79 +376,130 @@ async fn apply_kubernetes(
     )
     .await?;
     Ok(format!(
-        "namespace {} with quota, limits, network policy and workload identity",
-        names.namespace
+        "namespace {} ({}) with quota, limits, network policy and workload identity",
+        names.namespace,
+        origin.as_str()
     ))
 }
 
-/// The tenant's credentials from its store, or new ones.
+/// An adoption opt-in is used once: after the tenant has taken the
+/// namespace over, the mark goes so it cannot hand it on again later.
+async fn release_adoption_mark(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let marked = ctx
+        .stores
+        .namespaces
+        .get(&ObjectRef::new(&names.namespace))
+        .is_some_and(|ns| ns.annotations().contains_key(ownership::ADOPT_BY));
+    if !marked {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": {ownership::ADOPT_BY: null}}});
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &names.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    tracing::info!(tenant = %tenant.name_any(), namespace = %names.namespace, "adopted namespace");
+    Ok(())
+}
+
+/// The tenant's credentials: from its stores, or new ones.
 async fn load_credentials(
     tenant: &PartnerTenant,
     names: &TenantNames,
     ctx: &Context,
 ) -> (Credentials, Origin) {
-    if stores_in_vault(tenant) {
-        match ctx.vault.read_secret(names, VAULT_CREDENTIALS).await {
-            Ok(Some(map)) => {
-                if let Some(c) = Credentials::from_map(&map) {
-                    return (c, Origin::Stored);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "credential store unreadable");
-                if let Some(c) = credentials_from_secret(names, ctx).or_else(|| known(tenant, ctx))
-                {
-                    return (c, Origin::Stored);
-                }
-                return (Credentials::generate(), Origin::StoreUnavailable);
-            }
+    let secret = if stores_in_kubernetes(tenant) || stores_in_vault(tenant) {
+        Some(credentials_from_secret(names, &tenant.name_any(), ctx).await)
+    } else {
+        None
+    };
+    if !stores_in_vault(tenant) {
+        return credentials::choose(secret.unwrap_or(StoreRead::Missing), None);
+    }
+    let vault = match ctx.vault.read_secret(names, VAULT_CREDENTIALS).await {
+        Ok(Some(map)) => match Credentials::from_map(&map) {
+            Some(c) => StoreRead::Found(c),
+            None => StoreRead::Missing,
+        },
+        Ok(None) => StoreRead::Missing,
+        Err(e) => {
+            tracing::warn!(error = %e, "credential store unreadable");
+            StoreRead::Unreadable
         }
-    }
-    // The cache may not show a Secret this operator has just written, and a
-    // store may have lost its state: what this process last applied still holds.
-    if let Some(c) = credentials_from_secret(names, ctx).or_else(|| known(tenant, ctx)) {
-        return (c, Origin::Stored);
-    }
-    (Credentials::generate(), Origin::Generated)
+    };
+    credentials::choose(vault, secret)
 }
 
-fn known(tenant: &PartnerTenant, ctx: &Context) -> Option<Credentials> {
-    ctx.known_credentials
-        .lock()
-        .expect("credentials lock")
-        .get(&tenant.name_any())
-        .cloned()
-}
-
-fn credentials_from_secret(names: &TenantNames, ctx: &Context) -> Option<Credentials> {
-    let secret = ctx
-        .stores
-        .secrets
-        .get(&ObjectRef::new(naming::CREDENTIALS_SECRET).within(&names.namespace))?;
+/// The credentials Secret, from the cache or — when the cache does not show
+/// it yet — a live read, so a lagging cache never rotates passwords.
+async fn credentials_from_secret(names: &TenantNames, tenant: &str, ctx: &Context) -> StoreRead {
+    let reference = ObjectRef::new(naming::CREDENTIALS_SECRET).within(&names.namespace);
+    let secret = match ctx.stores.secrets.get(&reference) {
+        Some(cached) => Some(cached.as_ref().clone()),
+        None => match Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
+            .get_opt(naming::CREDENTIALS_SECRET)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the credentials Secret failed");
+                return StoreRead::Unreadable;
+            }
+        },
+    };
+    let Some(secret) = secret.filter(|s| children::tenant_of(s).as_deref() == Some(tenant)) else {
+        return StoreRead::Missing;
+    };
     let map: BTreeMap<String, String> = secret
         .data
-        .as_ref()?
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
         .collect();
-    Credentials::from_map(&map)
+    match Credentials::from_map(&map) {
+        Some(c) => StoreRead::Found(c),
+        None => StoreRead::Missing,
+    }
 }
 
 async fn apply_database(
-    backend: &str,
+    tenant: &PartnerTenant,
     names: &TenantNames,
     credentials: &Credentials,
     origin: Origin,
+    rotated: &mut Vec<String>,
     ctx: &Context,
 ) -> Result<String, Error> {
-    let reset = origin == Origin::Generated;
-    let ran = ctx
+    let backend = &tenant.spec.postgres.backend;
+    let policy = match origin {
+        Origin::StoreUnavailable => PasswordPolicy::KeepExisting,
+        Origin::Stored | Origin::Generated => PasswordPolicy::Enforce,
+    };
+    let converged = ctx
         .postgres
-        .ensure_tenant(backend, names, &credentials.postgres_password, reset)
+        .ensure_tenant(
+            backend,
+            names,
+            &credentials.postgres_password,
+            policy,
+            tenant.spec.tier,
+        )
         .await?;
-    if ran > 0 {
-        tracing::info!(statements = ran, "converged Postgres schema and role");
+    if converged.statements > 0 {
+        tracing::info!(
+            statements = converged.statements,
+            "converged Postgres schema and role"
+        );
+    }
+    if converged.password_changed {
+        rotated.push(format!("Postgres role {}", names.role));
     }
     Ok(format!(
         "schema {} owned by role {} on backend {backend}",
@@ -306,6 +512,7 @@ async fn apply_cache(
     names: &TenantNames,
     credentials: &Credentials,
     origin: Origin,
+    rotated: &mut Vec<String>,
     ctx: &Context,
 ) -> Result<String, Error> {
     let tenant_name = tenant.name_any();
@@ -316,8 +523,8 @@ async fn apply_cache(
             if origin == Origin::StoreUnavailable {
                 // Keep whatever password an existing user has until the store is back.
                 ctx.redis.ensure_user_exists(&user).await?;
-            } else {
-                ctx.redis.ensure_user(&user).await?;
+            } else if ctx.redis.ensure_user(&user).await?.password_changed {
+                rotated.push(format!("Redis ACL user {}", names.redis_user));
             }
             prune(ctx, &s.stateful_sets, names, &tenant_name, &[]).await?;
             prune(ctx, &s.services, names, &tenant_name, &[]).await?;
@@ -328,12 +535,12 @@ async fn apply_cache(
         }
         RedisMode::Dedicated => {
             ctx.redis.remove_user_if_present(&names.redis_user).await?;
-            let password =
+            let data =
                 BTreeMap::from([("password".to_string(), credentials.redis_password.clone())]);
             apply_one(
                 ctx,
                 &s.secrets,
-                &children::secret(tenant, names, children::DEDICATED_REDIS_SECRET, &password),
+                &children::secret(tenant, names, children::DEDICATED_REDIS_SECRET, &data),
             )
             .await?;
             apply_one(
@@ -368,24 +575,34 @@ async fn apply_secrets(
     names: &TenantNames,
     credentials: &Credentials,
     origin: Origin,
+    vault_detached: &mut bool,
     ctx: &Context,
 ) -> Result<String, Error> {
+    if origin == Origin::StoreUnavailable {
+        // Nothing is written while the primary store cannot be read: what
+        // it holds may differ from anything this reconcile could write.
+        return Err(Error::Waiting(
+            "the credential store (Vault/OpenBao) to be reachable".into(),
+        ));
+    }
     let connection = connection_details(tenant, names, ctx);
     let data = credentials.to_map(&connection);
     let mut stored = vec![];
     if stores_in_vault(tenant) {
         ctx.vault.ensure_policy(names).await?;
         ctx.vault.ensure_auth_role(names).await?;
-        if origin != Origin::StoreUnavailable {
-            ctx.vault
-                .ensure_secret(names, VAULT_CREDENTIALS, &data)
-                .await?;
-        }
+        ctx.vault
+            .ensure_secret(names, VAULT_CREDENTIALS, &data)
+            .await?;
         stored.push(format!(
             "{}/{}/{VAULT_CREDENTIALS}",
             ctx.vault.kv_mount(),
             names.vault_path
         ));
+    } else if tenant.status.as_ref().is_some_and(|s| s.vault.is_some()) {
+        // The tenant moved away from Vault/OpenBao: access there goes, data stays.
+        ctx.vault.detach(names).await?;
+        *vault_detached = true;
     }
     if stores_in_kubernetes(tenant) {
         let secret = children::secret(tenant, names, naming::CREDENTIALS_SECRET, &data);
@@ -398,11 +615,6 @@ async fn apply_secrets(
             RedisMode::Shared => vec![],
         };
         prune(ctx, &ctx.stores.secrets, names, &tenant_name, &keep).await?;
-    }
-    if origin == Origin::StoreUnavailable {
-        return Err(Error::Waiting(
-            "the credential store (Vault/OpenBao) to be reachable".into(),
-        ));
     }
     Ok(format!("credentials in {}", stored.join(" and ")))
 }
@@ -467,26 +679,47 @@ async fn write_status(
     if let Some(ready) = ready
         && before != Some((ready.status.clone(), ready.reason.clone()))
     {
-        let event = KubeEvent {
-            type_: if ready.status == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: ready.reason.clone(),
-            note: Some(ready.message.clone()),
-            action: "Provision".into(),
-            secondary: None,
+        let type_ = if ready.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
         };
-        if let Err(e) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing an Event failed");
-        }
+        publish(
+            tenant,
+            ctx,
+            type_,
+            &ready.reason,
+            "Provision",
+            ready.message.clone(),
+        )
+        .await;
     }
     Ok(())
 }
 
+/// Records an Event on the tenant; a failure to publish is logged, not fatal.
+pub(super) async fn publish(
+    tenant: &PartnerTenant,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
+}
+
 /// Server-side applies the status subresource with the operator's field manager.
-async fn patch_status(
+pub(super) async fn patch_status(
     tenant: &PartnerTenant,
     status: &PartnerTenantStatus,
     ctx: &Context,
@@ -509,174 +742,5 @@ async fn patch_status(
             kind: "PartnerTenant/status".into(),
         })
         .inc();
-    Ok(())
-}
-
-/// Tears the tenant down according to its deletion policy.
-pub async fn cleanup(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, Error> {
-    let names = names_of(&tenant);
-    let backend = tenant.spec.postgres.backend.clone();
-    let policy = tenant.spec.deletion_policy;
-    let result = cleanup_parts(&tenant, &names, &backend, policy, ctx).await;
-    if let Err(e) = &result {
-        // The object is going away; say on it why it has not gone yet.
-        let mut status = tenant.status.clone().unwrap_or_default();
-        conditions::upsert(
-            &mut status.conditions,
-            conditions::new(
-                READY,
-                false,
-                e.reason(),
-                format!("deleting: {}", e.message()),
-                tenant.metadata.generation,
-            ),
-        );
-        if tenant.status.as_ref() != Some(&status)
-            && let Err(e) = patch_status(&tenant, &status, ctx).await
-        {
-            tracing::warn!(error = %e, "writing the deletion status failed");
-        }
-    }
-    result?;
-    ctx.metrics.set_tenant_ready(&tenant.name_any(), None);
-    ctx.known_credentials
-        .lock()
-        .expect("credentials lock")
-        .remove(&tenant.name_any());
-    let event = KubeEvent {
-        type_: EventType::Normal,
-        reason: match policy {
-            DeletionPolicy::Retain => "AccessRemoved".into(),
-            DeletionPolicy::Delete => "Deleted".into(),
-        },
-        note: Some(match policy {
-            DeletionPolicy::Retain => format!(
-                "access removed; data and namespace {} kept",
-                names.namespace
-            ),
-            DeletionPolicy::Delete => {
-                "schema, role, ACL user, policy, auth role, secrets and namespace removed".into()
-            }
-        }),
-        action: "Cleanup".into(),
-        secondary: None,
-    };
-    let _ = ctx.recorder.publish(&event, &tenant.object_ref(&())).await;
-    Ok(Action::await_change())
-}
-
-async fn cleanup_parts(
-    tenant: &PartnerTenant,
-    names: &TenantNames,
-    backend: &str,
-    policy: DeletionPolicy,
-    ctx: &Context,
-) -> Result<(), Error> {
-    if policy == DeletionPolicy::Delete {
-        wait_for_workloads(names, ctx).await?;
-    }
-    match policy {
-        DeletionPolicy::Retain => {
-            if ctx.postgres.has_backend(backend) {
-                ctx.postgres.disable_tenant(backend, names).await?;
-            }
-            ctx.redis.remove_user_if_present(&names.redis_user).await?;
-            ctx.vault.detach(names).await?;
-            orphan_children(tenant, names, ctx).await?;
-        }
-        DeletionPolicy::Delete => {
-            if ctx.postgres.has_backend(backend) {
-                ctx.postgres.drop_tenant(backend, names).await?;
-            }
-            ctx.redis.remove_user_if_present(&names.redis_user).await?;
-            ctx.redis.delete_keys(&names.redis_key_prefix).await?;
-            ctx.vault.detach(names).await?;
-            ctx.vault.delete_secrets(names).await?;
-            if ctx
-                .stores
-                .namespaces
-                .get(&ObjectRef::new(&names.namespace))
-                .is_some_and(|ns| {
-                    children::tenant_of(ns.as_ref()).as_deref() == Some(&tenant.name_any())
-                })
-            {
-                apply::delete::<Namespace>(&ctx.client, None, &names.namespace, &ctx.metrics)
-                    .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// With `Delete`, the namespace's pipelines and copilots go first (their own
-/// teardown drops their tables), and the tenant waits until they are gone.
-async fn wait_for_workloads(names: &TenantNames, ctx: &Context) -> Result<(), Error> {
-    let pipelines: Api<MetricPipeline> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let copilots: Api<CopilotDeployment> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let lp = ListParams::default();
-    let mut remaining = 0;
-    for p in list_or_empty(pipelines.list_metadata(&lp).await)? {
-        remaining += 1;
-        if p.metadata.deletion_timestamp.is_none() {
-            let _ = pipelines.delete(&p.name_any(), &Default::default()).await?;
-        }
-    }
-    for c in list_or_empty(copilots.list_metadata(&lp).await)? {
-        remaining += 1;
-        if c.metadata.deletion_timestamp.is_none() {
-            let _ = copilots.delete(&c.name_any(), &Default::default()).await?;
-        }
-    }
-    if remaining > 0 {
-        return Err(Error::Waiting(format!(
-            "{remaining} MetricPipelines and CopilotDeployments in {} to be deleted",
-            names.namespace
-        )));
-    }
-    Ok(())
-}
-
-/// A list's items; a kind whose CRD is not installed has none.
-fn list_or_empty<T: Clone>(
-    result: Result<kube::api::ObjectList<T>, kube::Error>,
-) -> Result<Vec<T>, Error> {
-    match result {
-        Ok(list) => Ok(list.items),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(vec![]),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// With `Retain`, objects in the namespace lose their owner reference so
-/// deleting the tenant does not garbage-collect them.
-async fn orphan_children(
-    tenant: &PartnerTenant,
-    names: &TenantNames,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let tenant_name = tenant.name_any();
-    let s = &ctx.stores;
-    macro_rules! orphan_all {
-        ($($store:expr),*) => {$(
-            for object in $store.state() {
-                if object.namespace().as_deref() == Some(names.namespace.as_str())
-                    && children::tenant_of(object.as_ref()).as_deref() == Some(tenant_name.as_str())
-                {
-                    apply::orphan(&ctx.client, object.as_ref(), &ctx.metrics).await?;
-                }
-            }
-        )*};
-    }
-    orphan_all!(
-        s.quotas,
-        s.limit_ranges,
-        s.network_policies,
-        s.service_accounts,
-        s.roles,
-        s.role_bindings,
-        s.secrets,
-        s.services,
-        s.stateful_sets
-    );
     Ok(())
 }
