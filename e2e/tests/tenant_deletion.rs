@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use partnerplane::api::PartnerTenant;
+use partnerplane_e2e::operator::condition;
 use partnerplane_e2e::tenants::{
-    count_rows, credentials, pg_admin, pg_connect_as, redis_user_exists, write_tenant_data,
+    count_rows, credentials, delete_tenants, pg_admin, pg_connect_as, redis_user_exists,
+    write_tenant_data,
 };
 use partnerplane_e2e::{
     Operator, Testbed, apply, unique_name, wait_condition, wait_deleted, wait_until,
@@ -60,10 +63,13 @@ async fn retain_keeps_data_and_namespace_but_revokes_every_credential() -> anyho
 
     // Every credential stops working.
     let login = pg_connect_as(&testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await;
-    assert!(
-        login.is_err(),
-        "the tenant's Postgres role can still log in"
-    );
+    let refused = login.expect_err("the tenant's Postgres role can still log in");
+    let sqlstate = refused
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .map(|c| c.code().to_string());
+    // 28000: "role … is not permitted to log in".
+    assert_eq!(sqlstate.as_deref(), Some("28000"), "{refused:#}");
     assert!(
         pg.simple_query("SELECT 1").await.is_err(),
         "the open session survived"
@@ -71,12 +77,20 @@ async fn retain_keeps_data_and_namespace_but_revokes_every_credential() -> anyho
     assert!(!redis_user_exists(&testbed, &creds["REDIS_USER"]).await?);
     let missing_role =
         vaultrs::auth::kubernetes::role::read(&bao, "kubernetes", &vault.auth_role).await;
-    assert!(missing_role.is_err(), "the auth role is still there");
     assert!(
-        vaultrs::sys::policy::read(&bao, &vault.policy)
-            .await
-            .is_err(),
-        "the policy is still there"
+        matches!(
+            missing_role,
+            Err(vaultrs::error::ClientError::APIError { code: 404, .. })
+        ),
+        "the auth role is still there: {missing_role:?}"
+    );
+    let missing_policy = vaultrs::sys::policy::read(&bao, &vault.policy).await;
+    assert!(
+        matches!(
+            missing_policy,
+            Err(vaultrs::error::ClientError::APIError { code: 404, .. })
+        ),
+        "the policy is still there: {missing_policy:?}"
     );
     let kept: HashMap<String, String> =
         vaultrs::kv2::read(&bao, &vault.mount, &format!("{}/credentials", vault.path)).await?;
@@ -171,4 +185,69 @@ async fn delete_leaves_nothing_behind() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// Argo CD prunes with foreground propagation: the garbage collector then
+/// deletes whatever names the tenant as its owner before the tenant goes.
+/// A `Retain` tenant's credentials and its own Redis must survive that, and
+/// reusing its name later is an explicit adoption, not an accident.
+#[tokio::test]
+async fn foreground_deletion_of_a_retained_tenant_keeps_credentials_and_dedicated_redis()
+-> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("foreground"), &[]).await?;
+    let name = format!("{}-t", operator.shard);
+    let spec = json!({"displayName": "Foreground", "secrets": {"store": "KubernetesSecret"},
+                      "redis": {"mode": "Dedicated", "memory": "256Mi"}, "deletionPolicy": "Retain"});
+    apply(&client, &operator.tenant(&name, spec.clone()), None, false).await?;
+    let tenant = wait_condition(&client, &name, "Ready", "True", DEADLINE).await?;
+    let ns = tenant.status.unwrap().namespace.unwrap();
+    let creds = credentials(&client, &ns).await?;
+
+    let result = async {
+        Api::<PartnerTenant>::all(client.clone())
+            .delete(&name, &DeleteParams::foreground())
+            .await?;
+        wait_deleted(&client, &name, DEADLINE).await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for secret in ["partnerplane-credentials", "tenant-redis-password"] {
+            let kept = secrets.get(secret).await?;
+            assert!(
+                kept.metadata.deletion_timestamp.is_none(),
+                "{secret} is being deleted"
+            );
+        }
+        assert_eq!(credentials(&client, &ns).await?, creds);
+        let redis = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .get("tenant-redis")
+            .await?;
+        assert!(
+            redis.metadata.deletion_timestamp.is_none(),
+            "the tenant's Redis is being deleted"
+        );
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .get("tenant-redis")
+            .await?;
+
+        // The same name again: refused until the namespace opts in.
+        apply(&client, &operator.tenant(&name, spec.clone()), None, false).await?;
+        let refused = wait_condition(&client, &name, "Stalled", "True", DEADLINE).await?;
+        let message = condition(&refused, "Stalled").unwrap().message;
+        assert!(message.contains("earlier tenant"), "{message}");
+        let patch = json!({"metadata": {"annotations": {"partnerplane.io/adopt-by": name}}});
+        Api::<Namespace>::all(client.clone())
+            .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        wait_condition(&client, &name, "Ready", "True", DEADLINE).await?;
+        assert_eq!(
+            credentials(&client, &ns).await?,
+            creds,
+            "adoption keeps the credentials"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    delete_tenants(&client, std::slice::from_ref(&name)).await?;
+    result
 }

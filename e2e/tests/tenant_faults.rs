@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use partnerplane::api::PartnerTenant;
+use partnerplane_e2e::events::wait_event;
 use partnerplane_e2e::operator::condition;
 use partnerplane_e2e::tenants::{
     count_rows, credentials, delete_tenants, pg_connect_as, write_tenant_data,
 };
 use partnerplane_e2e::{
-    Operator, Testbed, apply, install_crds, unique_name, wait_condition, wait_until,
+    Operator, Testbed, apply, install_crds, unique_name, wait_condition, wait_deleted, wait_until,
 };
 use serde_json::json;
 
@@ -160,19 +161,127 @@ async fn openbao_down(
     Ok(name)
 }
 
+/// A tenant of each deletion policy, with data in every backend.
+struct Seeded {
+    name: String,
+    namespace: String,
+    creds: std::collections::BTreeMap<String, String>,
+    vault_path: String,
+    spec: serde_json::Value,
+}
+
+async fn seed(
+    testbed: &Testbed,
+    client: &kube::Client,
+    operator: &Operator,
+    name: String,
+    policy: &str,
+) -> anyhow::Result<Seeded> {
+    let spec = json!({"displayName": "CRD reinstall", "secrets": {"store": "Both"}, "deletionPolicy": policy});
+    apply(client, &operator.tenant(&name, spec.clone()), None, false).await?;
+    let tenant = wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
+    let status = tenant.status.unwrap();
+    let namespace = status.namespace.unwrap();
+    let creds = credentials(client, &namespace).await?;
+    write_tenant_data(testbed, client, &namespace, &creds, "orders", 2).await?;
+    let mut redis =
+        redis::Client::open(testbed.redis_url_as(&creds["REDIS_USER"], &creds["REDIS_PASSWORD"])?)?
+            .get_multiplexed_async_connection()
+            .await?;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}order:1", creds["REDIS_KEY_PREFIX"]))
+        .arg("open")
+        .query_async(&mut redis)
+        .await?;
+    Ok(Seeded {
+        name,
+        namespace,
+        creds,
+        vault_path: status.vault.unwrap().path,
+        spec,
+    })
+}
+
+/// Everything the tenant had is still there and its credentials still work.
+async fn assert_intact(testbed: &Testbed, client: &kube::Client, t: &Seeded) -> anyhow::Result<()> {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get(&t.namespace)
+        .await?;
+    assert!(
+        namespace.metadata.deletion_timestamp.is_none(),
+        "{}: the tenant namespace is being deleted",
+        t.name
+    );
+    Api::<ConfigMap>::namespaced(client.clone(), &t.namespace)
+        .get("tenant-data")
+        .await?;
+    assert_eq!(
+        credentials(client, &t.namespace).await?,
+        t.creds,
+        "{}",
+        t.name
+    );
+    assert_eq!(
+        count_rows(testbed, &t.creds["PGSCHEMA"], "orders").await?,
+        2
+    );
+    // The tenant's own credentials still log in: no access was removed.
+    let pg = pg_connect_as(testbed, &t.creds["PGUSER"], &t.creds["PGPASSWORD"]).await?;
+    let rows: i64 = pg
+        .query_one(
+            &format!(r#"SELECT count(*) FROM "{}".orders"#, t.creds["PGSCHEMA"]),
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(rows, 2);
+    let mut redis = redis::Client::open(
+        testbed.redis_url_as(&t.creds["REDIS_USER"], &t.creds["REDIS_PASSWORD"])?,
+    )?
+    .get_multiplexed_async_connection()
+    .await?;
+    let value: Option<String> = redis::cmd("GET")
+        .arg(format!("{}order:1", t.creds["REDIS_KEY_PREFIX"]))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(value.as_deref(), Some("open"), "{}", t.name);
+    let stored: HashMap<String, String> = vaultrs::kv2::read(
+        &testbed.bao_admin()?,
+        "secret",
+        &format!("{}/credentials", t.vault_path),
+    )
+    .await?;
+    assert_eq!(stored.get("PGPASSWORD"), t.creds.get("PGPASSWORD"));
+    vaultrs::auth::kubernetes::role::read(
+        &testbed.bao_admin()?,
+        "kubernetes",
+        &format!("tenant-{}", t.name),
+    )
+    .await?;
+    Ok(())
+}
+
 async fn crds_reinstalled(
     testbed: &Testbed,
     client: &kube::Client,
     operator: &Operator,
-) -> anyhow::Result<String> {
-    let name = format!("{}-crd", operator.shard);
-    let spec = json!({"displayName": "CRD reinstall", "secrets": {"store": "Both"}});
-    apply(client, &operator.tenant(&name, spec.clone()), None, false).await?;
-    let tenant = wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
-    let ns = tenant.status.unwrap().namespace.unwrap();
-    let creds = credentials(client, &ns).await?;
-    write_tenant_data(testbed, client, &ns, &creds, "orders", 2).await?;
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+) -> anyhow::Result<Vec<String>> {
+    let retained = seed(
+        testbed,
+        client,
+        operator,
+        format!("{}-keep", operator.shard),
+        "Retain",
+    )
+    .await?;
+    let deleted = seed(
+        testbed,
+        client,
+        operator,
+        format!("{}-del", operator.shard),
+        "Delete",
+    )
+    .await?;
 
     // Deleting a CRD deletes every tenant in the cluster: an operator for all
     // of them lets each one's finalizer run, whoever created it.
@@ -202,22 +311,76 @@ async fn crds_reinstalled(
     })
     .await?;
     drop(everyone);
+    for t in [&retained, &deleted] {
+        let message =
+            wait_event(client, &t.name, "CustomResourceDefinitionDeleted", DEADLINE).await?;
+        assert!(message.contains("without cleanup"), "{message}");
+        assert_intact(testbed, client, t).await?;
+    }
     install_crds(client).await?;
 
-    let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
-    assert!(
-        namespace.metadata.deletion_timestamp.is_none(),
-        "the tenant namespace is being deleted"
-    );
-    configmaps.get("tenant-data").await?;
-    let rows = count_rows(testbed, &creds["PGSCHEMA"], "orders").await?;
-    assert_eq!(rows, 2);
+    // Applying the tenants again adopts what they had, credentials included.
+    for t in [&retained, &deleted] {
+        apply(
+            client,
+            &operator.tenant(&t.name, t.spec.clone()),
+            None,
+            false,
+        )
+        .await?;
+        wait_condition(client, &t.name, "Ready", "True", DEADLINE).await?;
+        assert_intact(testbed, client, t).await?;
+    }
+    Ok(vec![retained.name, deleted.name])
+}
 
-    // Applying the tenant again restores access with the credentials it kept.
-    apply(client, &operator.tenant(&name, spec), None, false).await?;
-    wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
-    pg_connect_as(testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await?;
-    Ok(name)
+/// Deleting tenants while OpenBao is down: one that never used it goes at
+/// once; one that did waits, says why, and is let go by the abandon
+/// annotation with an Event naming what was left behind.
+async fn deletion_while_openbao_is_down(
+    testbed: &Testbed,
+    client: &kube::Client,
+    operator: &Operator,
+) -> anyhow::Result<()> {
+    let plain = format!("{}-k8s", operator.shard);
+    let vaulted = format!("{}-vlt", operator.shard);
+    let specs = [
+        (
+            &plain,
+            json!({"displayName": "No vault", "secrets": {"store": "KubernetesSecret"}, "deletionPolicy": "Delete"}),
+        ),
+        (
+            &vaulted,
+            json!({"displayName": "Vault", "secrets": {"store": "Vault"}, "deletionPolicy": "Delete"}),
+        ),
+    ];
+    for (name, spec) in &specs {
+        apply(client, &operator.tenant(name, spec.clone()), None, false).await?;
+        wait_condition(client, name, "Ready", "True", DEADLINE).await?;
+    }
+    testbed.stop_openbao()?;
+    let result = async {
+        let api: Api<PartnerTenant> = Api::all(client.clone());
+        api.delete(&plain, &DeleteParams::default()).await?;
+        wait_deleted(client, &plain, DEADLINE).await?;
+
+        api.delete(&vaulted, &DeleteParams::default()).await?;
+        let waiting = wait_parts(client, &vaulted, &[], "VaultUnavailable").await?;
+        let ready = condition(&waiting, "Ready").unwrap();
+        assert!(ready.message.starts_with("deleting:"), "{}", ready.message);
+        let patch =
+            json!({"metadata": {"annotations": {"partnerplane.io/abandon-backends": "vault"}}});
+        api.patch(&vaulted, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        wait_deleted(client, &vaulted, DEADLINE).await?;
+        let left = wait_event(client, &vaulted, "BackendsAbandoned", DEADLINE).await?;
+        assert!(left.contains(&format!("policy tenant-{vaulted}")), "{left}");
+        assert!(left.contains(&format!("tenants/{vaulted}")), "{left}");
+        anyhow::Ok(())
+    }
+    .await;
+    testbed.bring_up()?;
+    result
 }
 
 #[tokio::test]
@@ -232,7 +395,8 @@ async fn backends_going_down_and_crds_reinstalled() -> anyhow::Result<()> {
         let pg = postgres_down(&testbed, &client, &operator).await?;
         created.push(pg.clone());
         created.push(openbao_down(&testbed, &client, &operator, &pg).await?);
-        created.push(crds_reinstalled(&testbed, &client, &operator).await?);
+        deletion_while_openbao_is_down(&testbed, &client, &operator).await?;
+        created.extend(crds_reinstalled(&testbed, &client, &operator).await?);
         anyhow::Ok(())
     }
     .await;
