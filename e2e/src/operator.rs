@@ -31,18 +31,33 @@ impl Operator {
         shard: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(testbed, shard, extra_args, &[]).await
+    }
+
+    /// [`Operator::start`] with extra environment variables (such as `FAILPOINTS`).
+    pub async fn start_with_env(
+        testbed: &Testbed,
+        shard: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let selector = format!("{SHARD_LABEL}={shard}");
         let mut args = vec!["--tenant-selector", selector.as_str()];
         args.extend_from_slice(extra_args);
-        Self::launch(testbed, shard, &args).await
+        Self::launch(testbed, shard, &args, env).await
     }
 
     /// An operator for every tenant in the cluster, whatever its shard.
     pub async fn start_unsharded(testbed: &Testbed, name: &str) -> anyhow::Result<Self> {
-        Self::launch(testbed, name, &[]).await
+        Self::launch(testbed, name, &[], &[]).await
     }
 
-    async fn launch(testbed: &Testbed, shard: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+    async fn launch(
+        testbed: &Testbed,
+        shard: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         install_crds(&testbed.kube_admin().await?).await?;
         let port = free_port()?;
         let log_path = repo_root().join(format!("e2e/.testbed/logs/operator-{shard}.log"));
@@ -60,6 +75,7 @@ impl Operator {
                 "PARTNERPLANE_LOG",
                 "info,partnerplane=debug,rustify=off,vaultrs=off",
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

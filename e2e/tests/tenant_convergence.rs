@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use partnerplane::api::PartnerTenant;
-use partnerplane_e2e::tenants::{delete_tenants, pg_admin, redis_admin, redis_user_exists};
+use partnerplane_e2e::tenants::{
+    credentials, delete_tenants, pg_admin, pg_connect_as, redis_admin, redis_user_exists,
+};
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
 use serde_json::json;
 
@@ -243,5 +246,91 @@ async fn a_restart_after_a_crash_mid_provisioning_finishes_without_duplicates() 
         unfinished > 0,
         "every tenant was Ready before the crash; nothing was interrupted"
     );
+    Ok(())
+}
+
+/// What shows from outside that a step of provisioning has been done.
+async fn step_done(
+    testbed: &Testbed,
+    client: &kube::Client,
+    step: &str,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let names = partnerplane::naming::TenantNames::new(name, None);
+    Ok(match step {
+        "namespace" => Api::<Namespace>::all(client.clone())
+            .get_opt(&names.namespace)
+            .await?
+            .is_some(),
+        "database" => !pg_admin(testbed)
+            .await?
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&names.role])
+            .await?
+            .is_empty(),
+        "cache" => redis_user_exists(testbed, &names.redis_user).await?,
+        _ => Api::<Secret>::namespaced(client.clone(), &names.namespace)
+            .get_opt("partnerplane-credentials")
+            .await?
+            .is_some(),
+    })
+}
+
+/// Holds the operator at one step of provisioning, SIGKILLs it there, and
+/// proves that after a restart the stored credentials log in everywhere.
+async fn killed_after(
+    testbed: &Testbed,
+    client: &kube::Client,
+    step: &'static str,
+) -> anyhow::Result<()> {
+    let shard = unique_name(&format!("kill-{step}"));
+    let name = format!("{shard}-t");
+    let failpoint = format!("tenant-after-{step}=pause");
+    let operator =
+        Operator::start_with_env(testbed, &shard, &[], &[("FAILPOINTS", failpoint.as_str())])
+            .await?;
+    let spec = json!({"displayName": "Killed", "secrets": {"store": "Both"}});
+    apply(client, &operator.tenant(&name, spec), None, false).await?;
+    let reached = wait_until(&format!("{name}: the {step} step"), DEADLINE, || async {
+        Ok(step_done(testbed, client, step, &name).await?.then_some(()))
+    })
+    .await;
+    operator.kill().await?;
+    // The restarted operator also runs the tenant's cleanup at the end.
+    let _restarted = Operator::start(testbed, &shard, &[]).await?;
+    let result = async {
+        reached?;
+        let tenant = wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
+        let ns = tenant.status.unwrap().namespace.unwrap();
+        let creds = credentials(client, &ns).await?;
+        pg_connect_as(testbed, &creds["PGUSER"], &creds["PGPASSWORD"])
+            .await
+            .with_context(|| format!("killed after {step}: Postgres login"))?;
+        let mut redis = redis::Client::open(
+            testbed.redis_url_as(&creds["REDIS_USER"], &creds["REDIS_PASSWORD"])?,
+        )?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("killed after {step}: Redis login"))?;
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}k", creds["REDIS_KEY_PREFIX"]))
+            .arg("v")
+            .query_async(&mut redis)
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    delete_tenants(client, std::slice::from_ref(&name)).await?;
+    result
+}
+
+#[tokio::test]
+async fn after_a_kill_at_each_step_the_stored_credentials_log_in() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let steps = ["namespace", "database", "cache", "secrets"];
+    let runs = steps.map(|step| killed_after(&testbed, &client, step));
+    for result in futures::future::join_all(runs).await {
+        result?;
+    }
     Ok(())
 }

@@ -122,6 +122,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         status::NAMESPACE_READY,
         apply_kubernetes(&tenant, &names, origin, ctx).await,
     );
+    fail::fail_point!("tenant-after-namespace");
     let (credentials, cred_origin) = load_credentials(&tenant, &names, ctx).await;
     let mut rotated = vec![];
     let database = outcome(
@@ -136,6 +137,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         )
         .await,
     );
+    fail::fail_point!("tenant-after-database");
     let cache = outcome(
         status::CACHE_READY,
         apply_cache(
@@ -148,6 +150,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         )
         .await,
     );
+    fail::fail_point!("tenant-after-cache");
     let mut vault_detached = false;
     let secrets = outcome(
         status::SECRETS_READY,
@@ -161,6 +164,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         )
         .await,
     );
+    fail::fail_point!("tenant-after-secrets");
     if !rotated.is_empty() {
         publish(
             &tenant,
