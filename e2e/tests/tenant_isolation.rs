@@ -7,6 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
+use partnerplane::backends::vault::AUDIENCE;
+use partnerplane::naming::WORKLOAD_SERVICE_ACCOUNT;
 use partnerplane_e2e::tenants::{credentials, delete_tenants, pg_connect_as};
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition};
 use serde_json::json;
@@ -43,10 +45,17 @@ async fn provision(
     })
 }
 
-async fn workload_token(client: &kube::Client, namespace: &str) -> anyhow::Result<String> {
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}}))?;
+/// A token of the tenant's workload ServiceAccount for `audiences`: the
+/// OpenBao role's audience to log in there, none (the API server's own) for
+/// the Kubernetes API.
+async fn workload_token(
+    client: &kube::Client,
+    namespace: &str,
+    audiences: &[&str],
+) -> anyhow::Result<String> {
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": audiences}}))?;
     Ok(Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request("tenant-workload", &PostParams::default(), &request)
+        .create_token_request(WORKLOAD_SERVICE_ACCOUNT, &PostParams::default(), &request)
         .await?
         .status
         .expect("token")
@@ -132,18 +141,22 @@ async fn a_tenant_cannot_reach_another_tenants_schema_keys_secrets_or_namespace(
         // OpenBao: A's workload logs in with A's role, reads A's secrets, not B's;
         // it cannot log in with B's role at all.
         let bao = testbed.bao_admin()?;
-        let jwt_a = workload_token(&client, &a.namespace).await?;
-        let login = vaultrs::auth::kubernetes::login(&bao, "kubernetes", &a.auth_role, &jwt_a).await?;
+        let bao_jwt_a = workload_token(&client, &a.namespace, &[AUDIENCE]).await?;
+        let login = vaultrs::auth::kubernetes::login(&bao, "kubernetes", &a.auth_role, &bao_jwt_a).await?;
         let as_a = testbed.bao_with_token(&login.client_token)?;
         let own: HashMap<String, String> = vaultrs::kv2::read(&as_a, "secret", &format!("{}/credentials", a.vault_path)).await?;
         assert_eq!(own.get("PGUSER"), Some(&a.creds["PGUSER"]));
         let other: Result<HashMap<String, String>, _> =
             vaultrs::kv2::read(&as_a, "secret", &format!("{}/credentials", b.vault_path)).await;
         assert!(matches!(other, Err(ClientError::APIError { code: 403, .. })), "{other:?}");
-        let cross_login = vaultrs::auth::kubernetes::login(&bao, "kubernetes", &b.auth_role, &jwt_a).await;
-        assert!(cross_login.is_err(), "A's token logged in with B's role");
+        let cross_login = vaultrs::auth::kubernetes::login(&bao, "kubernetes", &b.auth_role, &bao_jwt_a).await;
+        assert!(
+            matches!(&cross_login, Err(ClientError::APIError { code: 403, errors }) if errors.iter().any(|e| e.contains("namespace not authorized"))),
+            "A's token with B's role: {cross_login:?}"
+        );
 
         // Kubernetes: A's workload identity reads its namespace, not B's.
+        let jwt_a = workload_token(&client, &a.namespace, &[]).await?;
         let as_workload = testbed.kube_with_token(&jwt_a).await?;
         Api::<ConfigMap>::namespaced(as_workload.clone(), &a.namespace).list(&ListParams::default()).await?;
         match Api::<Pod>::namespaced(as_workload, &b.namespace).list(&ListParams::default()).await {
