@@ -2,6 +2,7 @@
 //! and runs [`reconcile::apply`] or [`reconcile::cleanup`] under a finalizer.
 
 pub mod children;
+pub mod dedicated_redis;
 pub mod error;
 pub mod reconcile;
 pub mod status;
