@@ -203,6 +203,52 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 256Mi or 2"}]))]
     pub memory: Option<Quantity>,
+
+    /// Persistence of a Dedicated Redis. Without it the data lives in memory
+    /// only and is lost when the pod restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<RedisPersistence>,
+}
+
+/// Where a Dedicated Redis keeps its data.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisPersistence {
+    /// Writes an append-only file to a PersistentVolumeClaim mounted at
+    /// `/data`, so the data survives a restart.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Size of the PersistentVolumeClaim (for example `1Gi`).
+    // Not nullable: the API server then prunes `size: null` and applies the
+    // default instead of storing a null this field cannot hold.
+    #[serde(default = "RedisPersistence::default_size")]
+    #[schemars(extend("nullable" = false, "x-kubernetes-validations" = [{"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 1Gi"}]))]
+    pub size: Quantity,
+
+    /// StorageClass of the PersistentVolumeClaim; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub storage_class_name: Option<String>,
+}
+
+impl RedisPersistence {
+    fn default_size() -> Quantity {
+        Quantity("1Gi".into())
+    }
+}
+
+impl Default for RedisPersistence {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            size: Self::default_size(),
+            storage_class_name: None,
+        }
+    }
 }
 
 /// How the tenant gets Redis.

@@ -8,10 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::{Resource, ResourceExt};
@@ -22,6 +19,10 @@ use super::ownership::{self, Origin};
 use crate::api::PartnerTenant;
 use crate::api::tenant::{NetworkIsolation, Tier};
 use crate::naming::{self, TenantNames};
+
+pub use super::dedicated_redis::{
+    DEDICATED_REDIS, DEDICATED_REDIS_SECRET, dedicated_redis_service, dedicated_redis_statefulset,
+};
 
 /// Labels shared by every object of a tenant.
 pub fn labels(tenant: &str) -> BTreeMap<String, String> {
@@ -37,16 +38,11 @@ pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=partnerplane";
 /// Annotation with the tenant's full name (labels are limited to 63 characters).
 pub const TENANT_ANNOTATION: &str = ownership::TENANT_NAME;
 
-/// Name of the tenant's own Redis (Dedicated mode).
-pub const DEDICATED_REDIS: &str = "tenant-redis";
-/// Secret of the tenant's own Redis password.
-pub const DEDICATED_REDIS_SECRET: &str = "tenant-redis-password";
-
-fn build<K: DeserializeOwned>(value: Value) -> K {
+pub(crate) fn build<K: DeserializeOwned>(value: Value) -> K {
     serde_json::from_value(value).expect("built objects match their types")
 }
 
-fn metadata(tenant: &PartnerTenant, names: &TenantNames, name: &str) -> Value {
+pub(crate) fn metadata(tenant: &PartnerTenant, names: &TenantNames, name: &str) -> Value {
     json!({
         "name": name,
         "namespace": names.namespace,
@@ -217,60 +213,6 @@ pub fn secret(
     }));
     secret.data = Some(data);
     secret
-}
-
-/// Headless Service of the tenant's own Redis.
-pub fn dedicated_redis_service(tenant: &PartnerTenant, names: &TenantNames) -> Service {
-    build(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(tenant, names, DEDICATED_REDIS),
-        "spec": {
-            "clusterIP": "None",
-            "selector": {"app.kubernetes.io/name": DEDICATED_REDIS, naming::TENANT_LABEL: naming::label_value(&tenant.name_any())},
-            "ports": [{"name": "redis", "port": 6379, "targetPort": 6379}],
-        }
-    }))
-}
-
-/// The tenant's own Redis: one replica, password from its Secret, memory from the spec.
-pub fn dedicated_redis_statefulset(tenant: &PartnerTenant, names: &TenantNames) -> StatefulSet {
-    let memory = tenant
-        .spec
-        .redis
-        .memory
-        .as_ref()
-        .map(|q| q.0.clone())
-        .unwrap_or_else(|| "256Mi".into());
-    let mut pod_labels = labels(&tenant.name_any());
-    pod_labels.insert("app.kubernetes.io/name".into(), DEDICATED_REDIS.into());
-    let selector = json!({"app.kubernetes.io/name": DEDICATED_REDIS, naming::TENANT_LABEL: naming::label_value(&tenant.name_any())});
-    build(json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(tenant, names, DEDICATED_REDIS),
-        "spec": {
-            "serviceName": DEDICATED_REDIS,
-            "replicas": 1,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "redis",
-                        "image": "redis:7.2-alpine",
-                        "args": ["--requirepass", "$(REDIS_PASSWORD)", "--maxmemory-policy", "allkeys-lru"],
-                        "env": [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": DEDICATED_REDIS_SECRET, "key": "password"}}}],
-                        "ports": [{"name": "redis", "containerPort": 6379}],
-                        "resources": {"requests": {"cpu": "100m", "memory": memory}, "limits": {"memory": memory}},
-                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                    }]
-                }
-            }
-        }
-    }))
 }
 
 /// Namespace of an object's owner tenant, if the object names one.

@@ -3,6 +3,7 @@
 
 pub mod children;
 pub mod cleanup;
+pub mod dedicated_redis;
 pub mod error;
 pub mod ownership;
 pub mod reconcile;

@@ -540,7 +540,7 @@ async fn apply_cache(
         RedisMode::Dedicated => {
             ctx.redis.remove_user_if_present(&names.redis_user).await?;
             let data =
-                BTreeMap::from([("password".to_string(), credentials.redis_password.clone())]);
+                super::dedicated_redis::password_secret_data(tenant, &credentials.redis_password);
             apply_one(
                 ctx,
                 &s.secrets,
