@@ -12,8 +12,9 @@ use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use partnerplane::api::tenant::Tier;
 use partnerplane::api::{PartnerTenant, PartnerTenantSpec};
-use partnerplane::backends::postgres::Postgres;
+use partnerplane::backends::postgres::{PasswordPolicy, Postgres};
 use partnerplane::backends::redis::{AclUser, Redis};
 use partnerplane::backends::vault::Vault;
 use partnerplane::config::{OperatorConfig, PostgresBackendConfig};
@@ -234,7 +235,13 @@ async fn run_floor(
                 }
                 let credentials = Credentials::generate();
                 postgres
-                    .ensure_tenant("default", &names, &credentials.postgres_password, false)
+                    .ensure_tenant(
+                        "default",
+                        &names,
+                        &credentials.postgres_password,
+                        PasswordPolicy::KeepExisting,
+                        Tier::default(),
+                    )
                     .await?;
                 redis
                     .ensure_user(&AclUser::new(&names, &credentials.redis_password))

@@ -22,10 +22,11 @@ use super::error::Error;
 use super::status::{self, PartOutcome};
 use crate::api::conditions::{self, READY};
 use crate::api::tenant::{
-    DeletionPolicy, PostgresStatus, RedisMode, RedisStatus, SecretStore, VaultStatus,
+    DeletionPolicy, PostgresStatus, RedisMode, RedisStatus, SecretStore, Tier, VaultStatus,
 };
 use crate::api::{CopilotDeployment, MetricPipeline, PartnerTenant, PartnerTenantStatus};
 use crate::apply::{self, FIELD_MANAGER};
+use crate::backends::postgres::PasswordPolicy;
 use crate::backends::redis::AclUser;
 use crate::context::Context;
 use crate::credentials::{Credentials, Origin};
@@ -61,7 +62,15 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
     let (credentials, origin) = load_credentials(&tenant, &names, ctx).await;
     let database = outcome(
         status::DATABASE_READY,
-        apply_database(&backend, &names, &credentials, origin, ctx).await,
+        apply_database(
+            &backend,
+            &names,
+            &credentials,
+            origin,
+            tenant.spec.tier,
+            ctx,
+        )
+        .await,
     );
     let cache = outcome(
         status::CACHE_READY,
@@ -285,13 +294,19 @@ async fn apply_database(
     names: &TenantNames,
     credentials: &Credentials,
     origin: Origin,
+    tier: Tier,
     ctx: &Context,
 ) -> Result<String, Error> {
-    let reset = origin == Origin::Generated;
+    let policy = if origin == Origin::StoreUnavailable {
+        PasswordPolicy::KeepExisting
+    } else {
+        PasswordPolicy::Enforce
+    };
     let ran = ctx
         .postgres
-        .ensure_tenant(backend, names, &credentials.postgres_password, reset)
-        .await?;
+        .ensure_tenant(backend, names, &credentials.postgres_password, policy, tier)
+        .await?
+        .statements;
     if ran > 0 {
         tracing::info!(statements = ran, "converged Postgres schema and role");
     }
