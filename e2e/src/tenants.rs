@@ -132,3 +132,30 @@ pub async fn count_rows(testbed: &Testbed, schema: &str, table: &str) -> anyhow:
         .await?
         .get(0))
 }
+
+/// A Postgres session as `user` in `database`, keeping the server's error so
+/// a test can assert its SQLSTATE.
+pub async fn pg_connect_to(
+    testbed: &Testbed,
+    database: &str,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = testbed
+        .pg_admin_dsn
+        .parse()
+        .expect("the test bed's admin DSN parses");
+    config
+        .dbname(database)
+        .user(user)
+        .password(password)
+        .connect_timeout(Duration::from_secs(5));
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The SQLSTATE of a server error (`None` for I/O and client-side errors).
+pub fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.code().map(|c| c.code())
+}

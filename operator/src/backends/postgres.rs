@@ -1,20 +1,35 @@
 //! Postgres: one schema and one least-privilege login role per tenant.
 //!
 //! The catalog is read first and only the statements that close the gap are
-//! run, so a converged tenant costs one query and no DDL. Statements are built
-//! by pure functions; identifiers are always quoted, and passwords travel as
-//! SCRAM verifiers, never in clear text.
+//! run, so a converged tenant costs one pipelined round of catalog reads and
+//! no DDL. Everything a tenant's isolation rests on is observed on every
+//! converge: the backend's shared set-up, the role's attributes, limits,
+//! settings and memberships, and whether its password is still the one the
+//! operator handed out. Statements are built by pure functions (`plan.rs`);
+//! identifiers are always quoted, and passwords travel as SCRAM verifiers,
+//! never in clear text.
 
-use std::collections::{BTreeMap, HashSet};
+mod plan;
+pub mod scram;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
+use crate::api::tenant::Tier;
 use crate::config::PostgresBackendConfig;
 use crate::metrics::Metrics;
-use crate::naming::{TenantNames, quote_ident};
+use crate::naming::TenantNames;
+
+pub use plan::{
+    Membership, PasswordCheck, RoleAttributes, SharedState, TenantState, TierLimits,
+    password_needs_reset, plan_disable, plan_drop, plan_shared, plan_tenant, tier_limits,
+};
 
 /// Schema holding shared extensions such as pgvector.
 pub const EXTENSIONS_SCHEMA: &str = "extensions";
@@ -41,117 +56,111 @@ pub enum PostgresError {
     },
 }
 
-/// Whether a converge may set the role's password.
+/// Whose password an existing role must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasswordPolicy {
+    /// The password given is the tenant's: an existing role whose stored
+    /// verifier does not accept it gets it again.
     Enforce,
+    /// The credential store is unreadable, so the password given may be a
+    /// stand-in: only a new role gets it; an existing role keeps its own.
     KeepExisting,
 }
 
 /// What a converge did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Converged {
+    /// Statements run (shared set-up included).
     pub statements: usize,
+    /// An existing role's password was set again (never true on creation).
     pub password_changed: bool,
 }
 
-/// What the catalog says about one tenant.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TenantState {
-    pub role_exists: bool,
-    pub role_can_login: bool,
-    pub schema_exists: bool,
-    pub schema_owned_by_role: bool,
-    pub role_in_tenant_group: bool,
-    pub search_path_set: bool,
-    pub function_defaults_private: bool,
-}
+/// The backend's shared set-up, read without a lock. `$1`: extensions
+/// schema; `$2`: tenants' group.
+const SHARED_QUERY: &str = r#"
+SELECT
+  current_database()::text,
+  EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+  (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'),
+  EXISTS (SELECT 1 FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+          WHERE d.datname = current_database() AND a.grantee = 0),
+  EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+          WHERE n.nspname = 'public' AND a.grantee = 0),
+  EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
+  EXISTS (SELECT 1 FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a, pg_roles g
+          WHERE d.datname = current_database() AND g.rolname = $2
+            AND a.grantee = g.oid AND a.privilege_type = 'CONNECT'),
+  EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a, pg_roles g
+          WHERE n.nspname = $1 AND g.rolname = $2
+            AND a.grantee = g.oid AND a.privilege_type = 'USAGE'),
+  ARRAY(SELECT DISTINCT d.datname::text
+        FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+        WHERE d.datname <> current_database() AND d.datallowconn
+          AND a.grantee = 0 AND a.privilege_type = 'CONNECT'
+          AND pg_has_role(d.datdba, 'USAGE')
+        ORDER BY 1)
+"#;
 
-/// The statements that bring a tenant from `state` to its desired state.
-/// `verifier` is the role's SCRAM verifier; `reset_password` sets it on an
-/// existing role (used when fresh credentials were generated).
-pub fn plan_tenant(
-    names: &TenantNames,
-    state: &TenantState,
-    verifier: &str,
-    reset_password: bool,
-) -> Vec<String> {
-    let role = quote_ident(&names.role);
-    let schema = quote_ident(&names.schema);
-    let mut sql = vec![];
-    let group = quote_ident(TENANT_GROUP);
-    if !state.role_exists {
-        sql.push(format!(
-            "CREATE ROLE {role} LOGIN PASSWORD '{verifier}' IN ROLE {group}"
-        ));
-    } else {
-        if !state.role_can_login {
-            sql.push(format!("ALTER ROLE {role} LOGIN"));
-        }
-        if reset_password {
-            sql.push(format!("ALTER ROLE {role} PASSWORD '{verifier}'"));
-        }
-        if !state.role_in_tenant_group {
-            sql.push(format!("GRANT {group} TO {role}"));
-        }
-    }
-    if !state.schema_exists {
-        sql.push(format!("CREATE SCHEMA {schema} AUTHORIZATION {role}"));
-    } else if !state.schema_owned_by_role {
-        sql.push(format!("ALTER SCHEMA {schema} OWNER TO {role}"));
-    }
-    if !state.search_path_set {
-        sql.push(format!(
-            "ALTER ROLE {role} SET search_path = {schema}, {}",
-            quote_ident(EXTENSIONS_SCHEMA)
-        ));
-    }
-    if !state.function_defaults_private {
-        // Functions are executable by PUBLIC by default; keep the tenant's own.
-        sql.push(format!(
-            "ALTER DEFAULT PRIVILEGES FOR ROLE {role} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"
-        ));
-    }
-    sql
-}
-
-/// Statements that remove a tenant's access but keep its data.
-pub fn plan_disable(names: &TenantNames) -> Vec<String> {
-    vec![format!("ALTER ROLE {} NOLOGIN", quote_ident(&names.role))]
-}
-
-/// Statements that remove the tenant's schema and role with everything they own.
-pub fn plan_drop(names: &TenantNames) -> Vec<String> {
-    let role = quote_ident(&names.role);
-    vec![
-        format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            quote_ident(&names.schema)
-        ),
-        format!("DROP OWNED BY {role} CASCADE"),
-        format!("DROP ROLE {role}"),
-    ]
-}
-
-const STATE_QUERY: &str = r#"
+/// One tenant's role and schema. `$1`: role; `$2`: schema; `$3`: extensions schema.
+const TENANT_QUERY: &str = r#"
 SELECT
   r.oid IS NOT NULL,
   coalesce(r.rolcanlogin, false),
+  coalesce(r.rolsuper, false),
+  coalesce(r.rolcreatedb, false),
+  coalesce(r.rolcreaterole, false),
+  coalesce(r.rolreplication, false),
+  coalesce(r.rolbypassrls, false),
+  coalesce(r.rolinherit, false),
+  coalesce(r.rolconnlimit, -1),
+  coalesce(r.rolconfig, '{}')::text[],
+  quote_ident($2) || ', ' || quote_ident($3),
   n.oid IS NOT NULL,
   coalesce(n.nspowner = r.oid, false),
-  coalesce(pg_has_role(r.oid, $4, 'MEMBER'), false),
-  coalesce(r.rolconfig @> ARRAY['search_path=' || quote_ident($2) || ', ' || quote_ident($3)], false),
   EXISTS (SELECT 1 FROM pg_default_acl d WHERE d.defaclrole = r.oid AND d.defaclobjtype = 'f' AND d.defaclnamespace = 0),
-  true
+  current_user::text
 FROM (SELECT 1) AS one
 LEFT JOIN pg_roles r ON r.rolname = $1
 LEFT JOIN pg_namespace n ON n.nspname = $2
 "#;
 
+/// Every membership row touching the role `$1`: whether the role is the
+/// member (else the other role is), the other role, and the grantor.
+const MEMBERSHIPS_QUERY: &str = r#"
+SELECT m.member = r.oid, o.rolname::text, coalesce(gr.rolname, current_user)::text
+FROM pg_roles r
+JOIN pg_auth_members m ON m.member = r.oid OR m.roleid = r.oid
+JOIN pg_roles o ON o.oid = CASE WHEN m.member = r.oid THEN m.roleid ELSE m.member END
+LEFT JOIN pg_roles gr ON gr.oid = m.grantor
+WHERE r.rolname = $1
+ORDER BY 1, 2, 3
+"#;
+
+/// The role's stored verifier; needs read access to `pg_authid` (a superuser
+/// admin has it).
+const PASSWORD_QUERY: &str = "SELECT rolpassword FROM pg_authid WHERE rolname = $1";
+
+/// What `pg_authid` shows of a role's password.
+enum StoredPassword {
+    /// Not asked for (the policy keeps the existing password).
+    NotRead,
+    /// `pg_authid` is not readable to the admin (SQLSTATE 42501).
+    Unreadable,
+    /// The role's `rolpassword`; `None` when it has no password.
+    Read(Option<String>),
+}
+
+/// One configured backend: its pool, and the lock its shared set-up is
+/// repaired under, so one slow backend never holds up another.
+struct Backend {
+    pool: Pool,
+    setup: tokio::sync::Mutex<()>,
+}
+
 /// The pooled connections to every configured Postgres backend.
 pub struct Postgres {
-    pools: BTreeMap<String, Pool>,
-    prepared: tokio::sync::Mutex<HashSet<String>>,
+    backends: BTreeMap<String, Backend>,
     metrics: Arc<Metrics>,
 }
 
@@ -180,26 +189,35 @@ impl Postgres {
                 .recycle_timeout(Some(timeout))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .build()?;
-            pools.insert(config.name.clone(), pool);
+            pools.insert(
+                config.name.clone(),
+                Backend {
+                    pool,
+                    setup: tokio::sync::Mutex::new(()),
+                },
+            );
         }
         Ok(Self {
-            pools,
-            prepared: tokio::sync::Mutex::new(HashSet::new()),
+            backends: pools,
             metrics,
         })
     }
 
     /// Whether `backend` is configured.
     pub fn has_backend(&self, backend: &str) -> bool {
-        self.pools.contains_key(backend)
+        self.backends.contains_key(backend)
+    }
+
+    fn backend(&self, backend: &str) -> Result<&Backend, PostgresError> {
+        self.backends
+            .get(backend)
+            .ok_or_else(|| PostgresError::UnknownBackend(backend.to_string()))
     }
 
     async fn client(&self, backend: &str) -> Result<deadpool_postgres::Object, PostgresError> {
-        let pool = self
-            .pools
-            .get(backend)
-            .ok_or_else(|| PostgresError::UnknownBackend(backend.to_string()))?;
-        pool.get()
+        self.backend(backend)?
+            .pool
+            .get()
             .await
             .map_err(|source| PostgresError::Unavailable {
                 backend: backend.to_string(),
@@ -220,83 +238,51 @@ impl Postgres {
         client
             .batch_execute(&statements.join(";\n"))
             .await
-            .map_err(|source| PostgresError::Statement {
-                backend: backend.to_string(),
-                source,
-            })?;
+            .map_err(|source| statement_error(backend, source))?;
         self.metrics
             .backend_wrote("postgres", statements.len() as u64);
         Ok(())
     }
 
-    /// Shared set-up of a backend: the extensions schema with pgvector, and
-    /// PUBLIC's rights on the database and the public schema revoked.
+    /// Converges the backend's shared set-up (see [`plan_shared`]).
     pub async fn prepare(&self, backend: &str) -> Result<(), PostgresError> {
         let client = self.client(backend).await?;
-        let statement_error = |source| PostgresError::Statement {
-            backend: backend.to_string(),
-            source,
-        };
-        let row = client
-            .query_one(
-                r#"SELECT
-                     EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
-                     (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'),
-                     coalesce((SELECT bool_or(a.grantee = 0) FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
-                               WHERE d.datname = current_database()), false),
-                     coalesce((SELECT bool_or(a.grantee = 0) FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-                               WHERE n.nspname = 'public'), false),
-                     current_database()::text,
-                     EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
-                     coalesce((SELECT has_database_privilege(r.oid, current_database(), 'CONNECT')
-                                      AND has_schema_privilege(r.oid, $1, 'USAGE')
-                               FROM pg_roles r WHERE r.rolname = $2 AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)), false)"#,
-                &[&EXTENSIONS_SCHEMA, &TENANT_GROUP],
-            )
+        let state = read_shared(&client).await;
+        self.repair_shared(
+            backend,
+            &client,
+            state.map_err(|e| statement_error(backend, e))?,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs the shared set-up's statements when `seen` (read without a lock)
+    /// shows a gap: under this backend's lock, re-read first, so tenants
+    /// converging at once do not race to create the same objects.
+    async fn repair_shared(
+        &self,
+        backend: &str,
+        client: &deadpool_postgres::Object,
+        seen: SharedState,
+    ) -> Result<usize, PostgresError> {
+        if plan_shared(&seen).is_empty() {
+            return Ok(0);
+        }
+        let _setup = self.backend(backend)?.setup.lock().await;
+        let state = read_shared(client)
             .await
-            .map_err(statement_error)?;
-        let (has_schema, vector_home, public_db, public_schema, database): (
-            bool,
-            Option<String>,
-            bool,
-            bool,
-            String,
-        ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        let (has_group, group_granted): (bool, bool) = (row.get(5), row.get(6));
-        let ext = quote_ident(EXTENSIONS_SCHEMA);
-        let mut sql = vec![];
-        if !has_schema {
-            sql.push(format!("CREATE SCHEMA IF NOT EXISTS {ext}"));
+            .map_err(|e| statement_error(backend, e))?;
+        let sql = plan_shared(&state);
+        self.execute(backend, client, &sql).await?;
+        if !sql.is_empty() {
+            tracing::info!(
+                backend,
+                statements = sql.len(),
+                "repaired the shared Postgres set-up"
+            );
         }
-        // Tenants reach pgvector only through the extensions schema.
-        match vector_home.as_deref() {
-            None => sql.push(format!(
-                "CREATE EXTENSION IF NOT EXISTS vector SCHEMA {ext}"
-            )),
-            Some(EXTENSIONS_SCHEMA) => {}
-            Some(_) => sql.push(format!("ALTER EXTENSION vector SET SCHEMA {ext}")),
-        }
-        if public_db {
-            sql.push(format!(
-                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-                quote_ident(&database)
-            ));
-        }
-        if public_schema {
-            sql.push("REVOKE ALL ON SCHEMA public FROM PUBLIC".to_string());
-        }
-        let group = quote_ident(TENANT_GROUP);
-        if !has_group {
-            sql.push(format!("CREATE ROLE {group} NOLOGIN"));
-        }
-        if !group_granted {
-            sql.push(format!(
-                "GRANT CONNECT ON DATABASE {} TO {group}",
-                quote_ident(&database)
-            ));
-            sql.push(format!("GRANT USAGE ON SCHEMA {ext} TO {group}"));
-        }
-        self.execute(backend, &client, &sql).await
+        Ok(sql.len())
     }
 
     async fn state(
@@ -305,65 +291,57 @@ impl Postgres {
         client: &deadpool_postgres::Object,
         names: &TenantNames,
     ) -> Result<TenantState, PostgresError> {
-        let row = client
-            .query_one(
-                STATE_QUERY,
-                &[
-                    &names.role,
-                    &names.schema,
-                    &EXTENSIONS_SCHEMA,
-                    &TENANT_GROUP,
-                ],
-            )
+        read_tenant(client, names)
             .await
-            .map_err(|source| PostgresError::Statement {
-                backend: backend.to_string(),
-                source,
-            })?;
-        let state = TenantState {
-            role_exists: row.get(0),
-            role_can_login: row.get(1),
-            schema_exists: row.get(2),
-            schema_owned_by_role: row.get(3),
-            role_in_tenant_group: row.get(4),
-            search_path_set: row.get(5),
-            function_defaults_private: row.get(6),
-        };
-        Ok(state)
+            .map_err(|e| statement_error(backend, e))
     }
 
-    /// Converges the tenant's role and schema; returns the statements run.
+    /// Converges the backend's shared set-up and the tenant's role and
+    /// schema; see [`PasswordPolicy`] for the password and [`tier_limits`]
+    /// for the role's limits.
+    ///
+    /// The stored password is verified against `pg_authid`. When the admin
+    /// cannot read it (SQLSTATE 42501, a non-superuser admin), the password
+    /// is unknown: under [`PasswordPolicy::Enforce`] it is set again on every
+    /// converge so the credentials handed out keep working.
     pub async fn ensure_tenant(
         &self,
         backend: &str,
         names: &TenantNames,
         password: &str,
         policy: PasswordPolicy,
-        _tier: crate::api::tenant::Tier,
+        tier: Tier,
     ) -> Result<Converged, PostgresError> {
-        let reset_password = policy == PasswordPolicy::Enforce;
         let _timer = self.metrics.backend_timer("postgres", "ensure_tenant");
-        {
-            // One preparation per backend, even when many tenants start at once.
-            let mut prepared = self.prepared.lock().await;
-            if !prepared.contains(backend) {
-                self.prepare(backend).await?;
-                prepared.insert(backend.to_string());
-            }
-        }
         let client = self.client(backend).await?;
-        let state = self.state(backend, &client, names).await?;
-        let needs_verifier = !state.role_exists || reset_password;
-        let verifier = if needs_verifier {
-            postgres_protocol::password::scram_sha_256(password.as_bytes())
-        } else {
-            String::new()
-        };
-        let sql = plan_tenant(names, &state, &verifier, reset_password);
+        let enforce = policy == PasswordPolicy::Enforce;
+        // Independent reads, pipelined on one connection.
+        let (shared, state, stored) =
+            tokio::join!(read_shared(&client), read_tenant(&client, names), async {
+                if enforce {
+                    read_password(&client, names).await
+                } else {
+                    Ok(StoredPassword::NotRead)
+                }
+            },);
+        let to_error = |e| statement_error(backend, e);
+        let (shared, state, stored) = (
+            shared.map_err(to_error)?,
+            state.map_err(to_error)?,
+            stored.map_err(to_error)?,
+        );
+        let mut statements = self.repair_shared(backend, &client, shared).await?;
+
+        let reset = state.role_exists
+            && password_needs_reset(enforce, check_password(stored, password).await);
+        let verifier = (!state.role_exists || reset)
+            .then(|| postgres_protocol::password::scram_sha_256(password.as_bytes()));
+        let sql = plan_tenant(names, &state, &tier_limits(tier), verifier.as_deref());
         self.execute(backend, &client, &sql).await?;
+        statements += sql.len();
         Ok(Converged {
-            statements: sql.len(),
-            password_changed: false,
+            statements,
+            password_changed: reset,
         })
     }
 
@@ -401,7 +379,7 @@ impl Postgres {
         } else if state.schema_exists {
             let drop = format!(
                 "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote_ident(&names.schema)
+                crate::naming::quote_ident(&names.schema)
             );
             self.execute(backend, &client, &[drop]).await?;
         }
@@ -420,80 +398,129 @@ impl Postgres {
                 &[&names.role],
             )
             .await
-            .map_err(|source| PostgresError::Statement {
-                backend: backend.to_string(),
-                source,
-            })?;
+            .map_err(|source| statement_error(backend, source))?;
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names() -> TenantNames {
-        TenantNames::new("acme", None)
+fn statement_error(backend: &str, source: tokio_postgres::Error) -> PostgresError {
+    PostgresError::Statement {
+        backend: backend.to_string(),
+        source,
     }
+}
 
-    #[test]
-    fn a_new_tenant_gets_role_schema_and_grants() {
-        let sql = plan_tenant(&names(), &TenantState::default(), "SCRAM-SHA-256$x", false);
-        assert!(sql[0].starts_with("CREATE ROLE \"tenant_acme_"), "{sql:?}");
-        assert!(sql[0].contains("LOGIN PASSWORD 'SCRAM-SHA-256$x'"));
-        assert!(
-            sql[0].ends_with("IN ROLE \"partnerplane_tenants\""),
-            "{sql:?}"
-        );
-        assert!(
-            sql.iter()
-                .any(|s| s.starts_with("CREATE SCHEMA \"tenant_acme_")
-                    && s.contains("AUTHORIZATION"))
-        );
-        assert!(sql.iter().any(|s| s.contains("search_path")));
-        assert!(
-            sql.iter()
-                .any(|s| s.contains("ALTER DEFAULT PRIVILEGES FOR ROLE"))
-        );
-        assert_eq!(sql.len(), 4);
-    }
+/// Runs a catalog query through the connection's statement cache.
+async fn query(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query(&statement, params).await
+}
 
-    #[test]
-    fn a_converged_tenant_needs_no_statement() {
-        let state = TenantState {
-            role_exists: true,
-            role_can_login: true,
-            schema_exists: true,
-            schema_owned_by_role: true,
-            role_in_tenant_group: true,
-            search_path_set: true,
-            function_defaults_private: true,
+async fn query_one(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query_one(&statement, params).await
+}
+
+async fn read_shared(
+    client: &deadpool_postgres::Object,
+) -> Result<SharedState, tokio_postgres::Error> {
+    let row = query_one(client, SHARED_QUERY, &[&EXTENSIONS_SCHEMA, &TENANT_GROUP]).await?;
+    Ok(SharedState {
+        database: row.get(0),
+        extensions_schema_exists: row.get(1),
+        vector_schema: row.get(2),
+        public_on_database: row.get(3),
+        public_on_public_schema: row.get(4),
+        group_exists: row.get(5),
+        group_can_connect: row.get(6),
+        group_uses_extensions: row.get(7),
+        other_databases_open_to_public: row.get(8),
+    })
+}
+
+async fn read_tenant(
+    client: &deadpool_postgres::Object,
+    names: &TenantNames,
+) -> Result<TenantState, tokio_postgres::Error> {
+    let tenant_params: [&(dyn ToSql + Sync); 3] = [&names.role, &names.schema, &EXTENSIONS_SCHEMA];
+    let role_param: [&(dyn ToSql + Sync); 1] = [&names.role];
+    let (row, memberships) = tokio::try_join!(
+        query_one(client, TENANT_QUERY, &tenant_params),
+        query(client, MEMBERSHIPS_QUERY, &role_param),
+    )?;
+    let (mut member_of, mut members) = (vec![], vec![]);
+    for m in memberships {
+        let membership = Membership {
+            role: m.get(1),
+            grantor: m.get(2),
         };
-        assert!(plan_tenant(&names(), &state, "", false).is_empty());
+        if m.get::<_, bool>(0) {
+            member_of.push(membership);
+        } else {
+            members.push(membership);
+        }
     }
+    Ok(TenantState {
+        role_exists: row.get(0),
+        role_can_login: row.get(1),
+        attributes: RoleAttributes {
+            superuser: row.get(2),
+            create_db: row.get(3),
+            create_role: row.get(4),
+            replication: row.get(5),
+            bypass_rls: row.get(6),
+            inherit: row.get(7),
+        },
+        connection_limit: row.get(8),
+        config: row.get(9),
+        search_path_as_stored: row.get(10),
+        schema_exists: row.get(11),
+        schema_owned_by_role: row.get(12),
+        function_defaults_private: row.get(13),
+        admin: row.get(14),
+        member_of,
+        members,
+    })
+}
 
-    #[test]
-    fn a_disabled_role_is_enabled_again_and_its_password_reset_when_asked() {
-        let state = TenantState {
-            role_exists: true,
-            schema_exists: true,
-            schema_owned_by_role: true,
-            role_in_tenant_group: true,
-            search_path_set: true,
-            function_defaults_private: true,
-            ..Default::default()
-        };
-        let sql = plan_tenant(&names(), &state, "SCRAM-SHA-256$y", true);
-        assert_eq!(sql.len(), 2, "{sql:?}");
-        assert!(sql[0].ends_with(" LOGIN"));
-        assert!(sql[1].contains("PASSWORD 'SCRAM-SHA-256$y'"));
+async fn read_password(
+    client: &deadpool_postgres::Object,
+    names: &TenantNames,
+) -> Result<StoredPassword, tokio_postgres::Error> {
+    match query(client, PASSWORD_QUERY, &[&names.role]).await {
+        Ok(rows) => Ok(StoredPassword::Read(
+            rows.first().and_then(|r| r.get::<_, Option<String>>(0)),
+        )),
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Ok(StoredPassword::Unreadable)
+        }
+        Err(e) => Err(e),
     }
+}
 
-    #[test]
-    fn dropping_removes_what_the_role_owns_before_the_role() {
-        let sql = plan_drop(&names());
-        assert!(sql[0].starts_with("DROP SCHEMA IF EXISTS"));
-        assert!(sql[1].starts_with("DROP OWNED BY"));
-        assert!(sql[2].starts_with("DROP ROLE"));
+/// Compares the stored verifier with `password` off the async workers: it
+/// costs thousands of HMAC rounds.
+async fn check_password(stored: StoredPassword, password: &str) -> PasswordCheck {
+    let verifier = match stored {
+        StoredPassword::NotRead | StoredPassword::Unreadable => return PasswordCheck::Unknown,
+        StoredPassword::Read(None) => return PasswordCheck::Differs,
+        StoredPassword::Read(Some(v)) => v,
+    };
+    let password = password.to_string();
+    let matches = tokio::task::spawn_blocking(move || scram::verifies(&verifier, &password))
+        .await
+        .unwrap_or(false);
+    if matches {
+        PasswordCheck::Matches
+    } else {
+        PasswordCheck::Differs
     }
 }
