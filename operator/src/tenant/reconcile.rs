@@ -100,9 +100,9 @@ pub(super) async fn claim_namespace(
 /// Converges the tenant toward its spec.
 pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, Error> {
     let names = names_of(&tenant);
-    let origin = match claim_namespace(&tenant, &names, ctx).await? {
-        Claim::Create => NamespaceOrigin::Created,
-        Claim::Owned { origin, .. } => origin,
+    let (origin, adopting) = match claim_namespace(&tenant, &names, ctx).await? {
+        Claim::Create => (NamespaceOrigin::Created, false),
+        Claim::Owned { origin, adopting } => (origin, adopting),
         Claim::Terminating => {
             let message = format!("namespace {} to finish terminating", names.namespace);
             return finish_without_parts(&tenant, ctx, Error::Waiting(message)).await;
@@ -120,7 +120,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
 
     let namespace = outcome(
         status::NAMESPACE_READY,
-        apply_kubernetes(&tenant, &names, origin, ctx).await,
+        apply_kubernetes(&tenant, &names, origin, adopting, ctx).await,
     );
     fail::fail_point!("tenant-after-namespace");
     let (credentials, cred_origin) = load_credentials(&tenant, &names, ctx).await;
@@ -347,6 +347,7 @@ async fn apply_kubernetes(
     tenant: &PartnerTenant,
     names: &TenantNames,
     origin: NamespaceOrigin,
+    adopting: bool,
     ctx: &Context,
 ) -> Result<String, Error> {
     let s = &ctx.stores;
@@ -357,7 +358,9 @@ async fn apply_kubernetes(
         &children::namespace(tenant, names, origin),
     )
     .await?;
-    release_adoption_mark(tenant, names, ctx).await?;
+    if adopting {
+        release_adoption_mark(tenant, names, ctx).await?;
+    }
     apply_one(ctx, &s.quotas, &children::resource_quota(tenant, names)).await?;
     apply_one(ctx, &s.limit_ranges, &children::limit_range(tenant, names)).await?;
     let policies = children::network_policies(tenant, names, &ctx.settings.backend_ports);
@@ -393,14 +396,6 @@ async fn release_adoption_mark(
     names: &TenantNames,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let marked = ctx
-        .stores
-        .namespaces
-        .get(&ObjectRef::new(&names.namespace))
-        .is_some_and(|ns| ns.annotations().contains_key(ownership::ADOPT_BY));
-    if !marked {
-        return Ok(());
-    }
     let patch = serde_json::json!({"metadata": {"annotations": {ownership::ADOPT_BY: null}}});
     Api::<Namespace>::all(ctx.client.clone())
         .patch(
@@ -584,9 +579,13 @@ async fn apply_secrets(
 ) -> Result<String, Error> {
     if origin == Origin::StoreUnavailable {
         // Nothing is written while the primary store cannot be read: what
-        // it holds may differ from anything this reconcile could write.
+        // it holds may differ from anything this reconcile could write. The
+        // condition carries the store's own error and category.
+        if stores_in_vault(tenant) {
+            ctx.vault.read_secret(names, VAULT_CREDENTIALS).await?;
+        }
         return Err(Error::Waiting(
-            "the credential store (Vault/OpenBao) to be reachable".into(),
+            "the credential store to be readable again".into(),
         ));
     }
     let connection = connection_details(tenant, names, ctx);
