@@ -39,9 +39,14 @@ async fn retain_keeps_data_and_namespace_but_revokes_every_credential() -> anyho
     let bao = testbed.bao_admin()?;
     let vault = status.vault.unwrap();
 
-    Api::<PartnerTenant>::all(client.clone())
-        .delete(&name, &DeleteParams::default())
+    // Whoever can edit the tenant cannot keep its access alive past deletion
+    // by "abandoning" backends that answer.
+    let abandon = json!({"metadata": {"annotations": {"partnerplane.io/abandon-backends": "all"}}});
+    let tenants: Api<PartnerTenant> = Api::all(client.clone());
+    tenants
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&abandon))
         .await?;
+    tenants.delete(&name, &DeleteParams::default()).await?;
     wait_deleted(&client, &name, DEADLINE).await?;
 
     // Data and namespace stay, with the objects the operator made in it.
@@ -229,6 +234,21 @@ async fn foreground_deletion_of_a_retained_tenant_keeps_credentials_and_dedicate
         Api::<Service>::namespaced(client.clone(), &ns)
             .get("tenant-redis")
             .await?;
+
+        // The same name with another namespace would inherit the kept
+        // schema, keys and secrets: refused.
+        let elsewhere = json!({"displayName": "Foreground", "namespace": format!("{ns}-new"),
+                               "secrets": {"store": "KubernetesSecret"}, "deletionPolicy": "Retain"});
+        apply(&client, &operator.tenant(&name, elsewhere), None, false).await?;
+        let refused = wait_condition(&client, &name, "Stalled", "True", DEADLINE).await?;
+        let message = condition(&refused, "Stalled").unwrap().message;
+        assert!(message.contains("used by an earlier tenant") && message.contains(&ns), "{message}");
+        Api::<PartnerTenant>::all(client.clone())
+            .delete(&name, &DeleteParams::default())
+            .await?;
+        wait_deleted(&client, &name, DEADLINE).await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        assert!(namespaces.get_opt(&format!("{ns}-new")).await?.is_none());
 
         // The same name again: refused until the namespace opts in.
         apply(&client, &operator.tenant(&name, spec.clone()), None, false).await?;

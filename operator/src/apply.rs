@@ -75,6 +75,35 @@ where
     counted_unless_missing::<K, _>(result, metrics)
 }
 
+/// Removes an owner reference to a PartnerTenant left by an earlier version;
+/// nothing is sent when there is none.
+pub async fn remove_tenant_owner<K>(
+    client: &kube::Client,
+    object: &K,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    if !owned_by_a_tenant(object) {
+        return Ok(());
+    }
+    let others: Vec<_> = object
+        .owner_references()
+        .iter()
+        .filter(|o| !(o.kind == "PartnerTenant" && o.api_version.starts_with("partnerplane.io/")))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"ownerReferences": others}});
+    let result = api_for::<K>(client, object.namespace().as_deref())
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await;
+    counted_unless_missing::<K, _>(result, metrics)
+}
+
 /// Whether `object` still carries an owner reference to a PartnerTenant, as
 /// earlier versions set them; applying without one removes it, so the
 /// garbage collector can never take the object with its tenant.
@@ -100,7 +129,7 @@ fn counted_unless_missing<K: Resource<DynamicType = ()>, T>(
     }
 }
 
-fn count_write<K: Resource<DynamicType = ()>>(metrics: &Metrics) {
+pub(crate) fn count_write<K: Resource<DynamicType = ()>>(metrics: &Metrics) {
     metrics
         .api_writes
         .get_or_create(&KindLabels {

@@ -46,15 +46,18 @@ pub enum StoreRead {
 /// there rotates the backends. A lost primary is restored from the secondary;
 /// with both lost, new credentials are generated and set everywhere.
 pub fn choose(primary: StoreRead, secondary: Option<StoreRead>) -> (Credentials, Origin) {
+    let secondary_unreadable = secondary == Some(StoreRead::Unreadable);
     let fallback = match secondary {
         Some(StoreRead::Found(c)) => Some(c),
         _ => None,
     };
     match primary {
         StoreRead::Found(c) => (c, Origin::Stored),
-        StoreRead::Missing => match fallback {
-            Some(c) => (c, Origin::Stored),
-            None => (Credentials::generate(), Origin::Generated),
+        StoreRead::Missing => match (fallback, secondary_unreadable) {
+            (Some(c), _) => (c, Origin::Stored),
+            // Nothing can be said to be lost while the other store is unread.
+            (None, true) => (Credentials::generate(), Origin::StoreUnavailable),
+            (None, false) => (Credentials::generate(), Origin::Generated),
         },
         StoreRead::Unreadable => (
             fallback.unwrap_or_else(Credentials::generate),
@@ -74,10 +77,22 @@ impl Credentials {
     }
 
     /// Reads the passwords back from a stored map; `None` if either is missing.
+    /// A password that is empty or holds whitespace, quotes, backslashes or
+    /// control characters (an edited store) counts as missing: it could
+    /// break the configuration files it is written into.
     pub fn from_map(map: &BTreeMap<String, String>) -> Option<Self> {
+        let usable = |key: &str| {
+            map.get(key)
+                .filter(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\'))
+                })
+                .cloned()
+        };
         Some(Self {
-            postgres_password: map.get(POSTGRES_PASSWORD)?.clone(),
-            redis_password: map.get(REDIS_PASSWORD)?.clone(),
+            postgres_password: usable(POSTGRES_PASSWORD)?,
+            redis_password: usable(REDIS_PASSWORD)?,
         })
     }
 
@@ -126,6 +141,23 @@ mod tests {
             Origin::StoreUnavailable
         );
         assert_eq!(choose(StoreRead::Missing, None).1, Origin::Generated);
+        assert_eq!(
+            choose(StoreRead::Missing, Some(StoreRead::Unreadable)).1,
+            Origin::StoreUnavailable
+        );
+    }
+
+    #[test]
+    fn a_password_that_could_break_a_config_line_counts_as_missing() {
+        let c = Credentials::generate();
+        let mut map = c.to_map(&BTreeMap::new());
+        map.insert(
+            REDIS_PASSWORD.into(),
+            "x\nrename-command CONFIG \"\"".into(),
+        );
+        assert_eq!(Credentials::from_map(&map), None);
+        map.insert(REDIS_PASSWORD.into(), String::new());
+        assert_eq!(Credentials::from_map(&map), None);
     }
 
     #[test]

@@ -27,8 +27,9 @@ use crate::metrics::Metrics;
 use crate::naming::TenantNames;
 
 pub use plan::{
-    Membership, PasswordCheck, RoleAttributes, SharedState, TenantState, TierLimits,
-    password_needs_reset, plan_disable, plan_drop, plan_shared, plan_tenant, tier_limits,
+    Membership, PasswordCheck, PasswordPolicy, RoleAttributes, SharedState, TenantState,
+    TierLimits, password_needs_reset, plan_disable, plan_drop, plan_shared, plan_tenant,
+    tier_limits,
 };
 
 /// Schema holding shared extensions such as pgvector.
@@ -54,17 +55,6 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
-}
-
-/// Whose password an existing role must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PasswordPolicy {
-    /// The password given is the tenant's: an existing role whose stored
-    /// verifier does not accept it gets it again.
-    Enforce,
-    /// The credential store is unreadable, so the password given may be a
-    /// stand-in: only a new role gets it; an existing role keeps its own.
-    KeepExisting,
 }
 
 /// What a converge did.
@@ -302,8 +292,8 @@ impl Postgres {
     ///
     /// The stored password is verified against `pg_authid`. When the admin
     /// cannot read it (SQLSTATE 42501, a non-superuser admin), the password
-    /// is unknown: under [`PasswordPolicy::Enforce`] it is set again on every
-    /// converge so the credentials handed out keep working.
+    /// is unknown: it is then set only under [`PasswordPolicy::Set`] (new
+    /// credentials), so a converged tenant still costs no DDL.
     pub async fn ensure_tenant(
         &self,
         backend: &str,
@@ -314,7 +304,7 @@ impl Postgres {
     ) -> Result<Converged, PostgresError> {
         let _timer = self.metrics.backend_timer("postgres", "ensure_tenant");
         let client = self.client(backend).await?;
-        let enforce = policy == PasswordPolicy::Enforce;
+        let enforce = policy != PasswordPolicy::KeepExisting;
         // Independent reads, pipelined on one connection.
         let (shared, state, stored) =
             tokio::join!(read_shared(&client), read_tenant(&client, names), async {
@@ -333,7 +323,7 @@ impl Postgres {
         let mut statements = self.repair_shared(backend, &client, shared).await?;
 
         let reset = state.role_exists
-            && password_needs_reset(enforce, check_password(stored, password).await);
+            && password_needs_reset(policy, check_password(stored, password).await);
         let verifier = (!state.role_exists || reset)
             .then(|| postgres_protocol::password::scram_sha_256(password.as_bytes()));
         let sql = plan_tenant(names, &state, &tier_limits(tier), verifier.as_deref());

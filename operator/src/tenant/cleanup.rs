@@ -15,6 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{CustomResourceExt, ResourceExt};
 
+use super::children;
 use super::error::Error;
 use super::ownership::{self, Claim};
 use super::reconcile::{claim_namespace, names_of, patch_status, prune, publish};
@@ -97,6 +98,7 @@ async fn release_for_crd_deletion(
             )
             .await?;
     }
+    strip_tenant_owners(tenant, names, ctx).await?;
     ctx.metrics.set_tenant_ready(&tenant.name_any(), None);
     publish(
         tenant,
@@ -156,9 +158,28 @@ async fn cleanup_parts(
     if tenant.spec.deletion_policy == DeletionPolicy::Delete && used.namespace.is_some() {
         wait_for_workloads(names, ctx).await?;
     }
-    if !plan.abandoned.is_empty() {
-        let left: Vec<String> = plan
-            .abandoned
+    if tenant.spec.deletion_policy == DeletionPolicy::Retain {
+        strip_tenant_owners(tenant, names, ctx).await?;
+    }
+    let mut abandoned = plan.abandoned.clone();
+    let mut done = vec![];
+    for step in &plan.steps {
+        let backend = step.backend();
+        if backend.is_some_and(|b| abandoned.contains(&b)) {
+            continue;
+        }
+        match run_step(step, tenant, names, ctx).await {
+            Ok(what) => done.push(what),
+            // A failing backend the annotation lets go of: the rest goes on.
+            Err(e) if backend.is_some_and(|b| abandon.contains(&b)) && !e.is_permanent() => {
+                tracing::warn!(error = %e.message(), "abandoning a failing backend as annotated");
+                abandoned.extend(backend);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !abandoned.is_empty() {
+        let left: Vec<String> = abandoned
             .iter()
             .map(|b| left_behind(*b, tenant, names, ctx))
             .collect();
@@ -171,10 +192,6 @@ async fn cleanup_parts(
             format!("left behind as asked: {}", left.join("; ")),
         )
         .await;
-    }
-    let mut done = vec![];
-    for step in &plan.steps {
-        done.push(run_step(step, tenant, names, ctx).await?);
     }
     Ok(done)
 }
@@ -265,6 +282,41 @@ async fn run_step(
             )
         }
     })
+}
+
+/// Objects made by earlier versions carry an owner reference to the tenant;
+/// a tenant whose objects were not rewritten since (suspended, refused) must
+/// not let the garbage collector take them when it goes.
+async fn strip_tenant_owners(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let tenant_name = tenant.name_any();
+    let s = &ctx.stores;
+    macro_rules! strip_all {
+        ($($store:expr),*) => {$(
+            for object in $store.state() {
+                if object.namespace().as_deref() == Some(names.namespace.as_str())
+                    && children::tenant_of(object.as_ref()).as_deref() == Some(tenant_name.as_str())
+                {
+                    apply::remove_tenant_owner(&ctx.client, object.as_ref(), &ctx.metrics).await?;
+                }
+            }
+        )*};
+    }
+    strip_all!(
+        s.quotas,
+        s.limit_ranges,
+        s.network_policies,
+        s.service_accounts,
+        s.roles,
+        s.role_bindings,
+        s.secrets,
+        s.services,
+        s.stateful_sets
+    );
+    Ok(())
 }
 
 /// In an adopted namespace: the operator's objects go, the namespace stays

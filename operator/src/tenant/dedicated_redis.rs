@@ -108,6 +108,9 @@ fn quote(value: &str) -> String {
 
 /// Data of [`DEDICATED_REDIS_SECRET`]: the password (for clients and the
 /// readiness probe) and the `redis.conf` the server reads.
+/// Pod template annotation: a hash of the Secret the server reads at start.
+pub const CONFIG_HASH: &str = "partnerplane.io/config-hash";
+
 pub fn password_secret_data(tenant: &PartnerTenant, password: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (PASSWORD_KEY.to_string(), password.to_string()),
@@ -139,8 +142,25 @@ pub fn dedicated_redis_service(tenant: &PartnerTenant, names: &TenantNames) -> S
 /// The tenant's own Redis: one replica that reads its configuration from the
 /// Secret, under a restricted security context with a read-only root
 /// filesystem; `/data` is a PersistentVolumeClaim with persistence, else an
-/// emptyDir.
-pub fn dedicated_redis_statefulset(tenant: &PartnerTenant, names: &TenantNames) -> StatefulSet {
+/// emptyDir. `secret_data` is [`password_secret_data`]: a hash of it on the
+/// pod template rolls the pod when the password or configuration changes,
+/// since Redis reads its configuration only at start.
+pub fn dedicated_redis_statefulset(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    secret_data: &BTreeMap<String, String>,
+) -> StatefulSet {
+    let config_hash = {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (k, v) in secret_data {
+            hasher.update(k.as_bytes());
+            hasher.update([0]);
+            hasher.update(v.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(&hasher.finalize()[..8])
+    };
     let memory = memory_limit(tenant).0;
     let mut pod_labels = labels(&tenant.name_any());
     pod_labels.insert("app.kubernetes.io/name".into(), DEDICATED_REDIS.into());
@@ -174,7 +194,7 @@ pub fn dedicated_redis_statefulset(tenant: &PartnerTenant, names: &TenantNames) 
         None => volumes.push(json!({"name": DATA_VOLUME, "emptyDir": {"sizeLimit": memory}})),
     }
     spec["template"] = json!({
-        "metadata": {"labels": pod_labels},
+        "metadata": {"labels": pod_labels, "annotations": {CONFIG_HASH: config_hash}},
         "spec": {
             "automountServiceAccountToken": false,
             "securityContext": {
@@ -337,6 +357,26 @@ mod tests {
     }
 
     #[test]
+    fn a_new_password_rolls_the_pod() {
+        let t = dedicated("");
+        let hash = |password: &str| {
+            let sts =
+                dedicated_redis_statefulset(&t, &names(), &password_secret_data(&t, password));
+            sts.spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH]
+                .clone()
+        };
+        assert_eq!(hash("a"), hash("a"));
+        assert_ne!(hash("a"), hash("b"));
+        assert!(!hash("secret-password").contains("secret"));
+    }
+
+    #[test]
     fn quantities_in_every_notation_become_bytes() {
         for (text, bytes) in [
             ("512Mi", 536_870_912),
@@ -427,7 +467,7 @@ mod tests {
 
     #[test]
     fn no_password_on_any_command_line_or_probe() {
-        let sts = dedicated_redis_statefulset(&dedicated(""), &names());
+        let sts = dedicated_redis_statefulset(&dedicated(""), &names(), &BTreeMap::new());
         let c = container(&sts);
         assert_eq!(
             c.command.unwrap(),
@@ -449,7 +489,7 @@ mod tests {
 
     #[test]
     fn the_container_is_locked_down() {
-        let sts = dedicated_redis_statefulset(&dedicated(""), &names());
+        let sts = dedicated_redis_statefulset(&dedicated(""), &names(), &BTreeMap::new());
         let pod = sts.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         let c = pod.containers[0].clone();
@@ -472,7 +512,7 @@ mod tests {
 
     #[test]
     fn without_persistence_data_lives_in_an_empty_dir() {
-        let spec = dedicated_redis_statefulset(&dedicated(""), &names())
+        let spec = dedicated_redis_statefulset(&dedicated(""), &names(), &BTreeMap::new())
             .spec
             .unwrap();
         assert!(spec.volume_claim_templates.is_none());
@@ -484,7 +524,9 @@ mod tests {
     #[test]
     fn with_persistence_data_lives_in_a_claim_of_the_requested_size() {
         let t = dedicated(", persistence: {enabled: true, size: 2Gi, storageClassName: fast}");
-        let spec = dedicated_redis_statefulset(&t, &names()).spec.unwrap();
+        let spec = dedicated_redis_statefulset(&t, &names(), &BTreeMap::new())
+            .spec
+            .unwrap();
         let claims = spec.volume_claim_templates.unwrap();
         assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
         let claim = claims[0].spec.clone().unwrap();
@@ -503,7 +545,9 @@ mod tests {
         let persistence = t.spec.redis.persistence.clone().unwrap();
         assert!(!persistence.enabled);
         assert_eq!(persistence.size.0, "1Gi");
-        let spec = dedicated_redis_statefulset(&t, &names()).spec.unwrap();
+        let spec = dedicated_redis_statefulset(&t, &names(), &BTreeMap::new())
+            .spec
+            .unwrap();
         assert!(spec.volume_claim_templates.is_none());
     }
 
@@ -512,7 +556,7 @@ mod tests {
         let t = dedicated("");
         let service = dedicated_redis_service(&t, &names());
         let selector = service.spec.unwrap().selector.unwrap();
-        let sts = dedicated_redis_statefulset(&t, &names());
+        let sts = dedicated_redis_statefulset(&t, &names(), &BTreeMap::new());
         let pod_labels = sts.spec.unwrap().template.metadata.unwrap().labels.unwrap();
         for (k, v) in &selector {
             assert_eq!(pod_labels.get(k), Some(v), "{k}");

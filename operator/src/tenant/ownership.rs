@@ -70,29 +70,52 @@ pub enum Claim {
     Refused(String),
 }
 
+/// What else is known about the tenant when deciding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context<'a> {
+    /// The tenant's UID.
+    pub uid: &'a str,
+    /// Namespaces no tenant may use.
+    pub protected: &'a [String],
+    /// The tenant's status already names this namespace as its own.
+    pub recorded: bool,
+    /// Another namespace kept from an earlier tenant of the same name, whose
+    /// backend data (keyed by the name) is kept for it.
+    pub kept_elsewhere: Option<&'a str>,
+}
+
 /// Decides whether `namespace` is, or may become, the tenant's.
 pub fn decide(
     namespace: &str,
     observed: Option<&Observed>,
     tenant: &str,
-    uid: &str,
-    protected: &[String],
+    known: &Context<'_>,
 ) -> Claim {
+    let (uid, protected) = (known.uid, known.protected);
     if SYSTEM_NAMESPACES.contains(&namespace) || protected.iter().any(|p| p == namespace) {
         return Claim::Refused(format!(
             "namespace {namespace} is reserved for the cluster or the operator and cannot belong to a tenant"
         ));
     }
     let Some(observed) = observed else {
-        return Claim::Create;
+        return match known.kept_elsewhere {
+            // A new tenant reusing the name would inherit the kept schema,
+            // keys and secrets: that takes the same explicit opt-in.
+            Some(kept) => Claim::Refused(format!(
+                "the name {tenant} was used by an earlier tenant whose data is kept with namespace {kept}; \
+                 to reuse it, set spec.namespace to {kept} and annotate that namespace {ADOPT_BY}={tenant}"
+            )),
+            None => Claim::Create,
+        };
     };
     let get = |key: &str| observed.annotations.get(key);
     let origin = Origin::parse(get(ORIGIN));
     let named_for_us = get(TENANT_NAME).is_some_and(|n| n == tenant);
     let ours = match get(TENANT_UID) {
         Some(recorded) => named_for_us && recorded == uid,
-        // Recorded before UIDs were: the operator created it for this name.
-        None => named_for_us,
+        // Recorded before UIDs were: only the namespace this tenant's status
+        // already names (an annotation alone can be copied).
+        None => named_for_us && known.recorded,
     };
     if observed.terminating {
         return Claim::Terminating;
@@ -138,14 +161,19 @@ mod tests {
         }
     }
 
+    const PROTECTED: &[String] = &[];
+
+    fn known() -> Context<'static> {
+        Context {
+            uid: "uid-1",
+            protected: PROTECTED,
+            recorded: false,
+            kept_elsewhere: None,
+        }
+    }
+
     fn decide_for(observed: Option<&Observed>) -> Claim {
-        decide(
-            "ns",
-            observed,
-            "acme",
-            "uid-1",
-            &["partnerplane-system".into()],
-        )
+        decide("ns", observed, "acme", &known())
     }
 
     #[test]
@@ -222,16 +250,43 @@ mod tests {
     #[test]
     fn reserved_namespaces_are_refused_whatever_they_say() {
         let opted = observed(&[(ADOPT_BY, "acme")]);
+        let protected = ["partnerplane-system".to_string()];
+        let known = Context {
+            protected: &protected,
+            ..known()
+        };
         for ns in ["partnerplane-system", "kube-system", "default"] {
-            let claim = decide(
-                ns,
-                Some(&opted),
-                "acme",
-                "uid-1",
-                &["partnerplane-system".into()],
-            );
+            let claim = decide(ns, Some(&opted), "acme", &known);
             assert!(matches!(claim, Claim::Refused(m) if m.contains(ns)), "{ns}");
         }
+    }
+
+    #[test]
+    fn a_namespace_without_a_uid_is_ours_only_when_the_status_says_so() {
+        let legacy = observed(&[(TENANT_NAME, "acme")]);
+        assert!(matches!(decide_for(Some(&legacy)), Claim::Refused(_)));
+        let recorded = Context {
+            recorded: true,
+            ..known()
+        };
+        assert_eq!(
+            decide("ns", Some(&legacy), "acme", &recorded),
+            Claim::Owned {
+                origin: Origin::Created,
+                adopting: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_tenant_reusing_a_retained_name_is_refused() {
+        let kept = Context {
+            kept_elsewhere: Some("ptn-acme-old"),
+            ..known()
+        };
+        assert!(
+            matches!(decide("ns", None, "acme", &kept), Claim::Refused(m) if m.contains("ptn-acme-old"))
+        );
     }
 
     #[test]

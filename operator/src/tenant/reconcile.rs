@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -88,27 +88,48 @@ pub(super) async fn claim_namespace(
     ctx: &Context,
 ) -> Result<Claim, Error> {
     let observed = observe_namespace(&names.namespace, ctx).await?;
+    let uid = tenant.uid().unwrap_or_default();
+    let name = tenant.name_any();
+    // Only a namespace about to be created needs the look for one kept
+    // from an earlier tenant of this name elsewhere.
+    let kept_elsewhere = match observed {
+        Some(_) => None,
+        None => ctx.stores.namespaces.state().into_iter().find_map(|ns| {
+            let annotations = ns.annotations();
+            let earlier = annotations.get(ownership::TENANT_NAME) == Some(&name)
+                && annotations.get(ownership::TENANT_UID) != Some(&uid);
+            earlier.then(|| ns.name_any())
+        }),
+    };
+    let recorded = tenant.status.as_ref().and_then(|s| s.namespace.as_deref())
+        == Some(names.namespace.as_str());
     Ok(ownership::decide(
         &names.namespace,
         observed.as_ref(),
-        &tenant.name_any(),
-        tenant.uid().as_deref().unwrap_or_default(),
-        &ctx.settings.protected_namespaces,
+        &name,
+        &ownership::Context {
+            uid: &uid,
+            protected: &ctx.settings.protected_namespaces,
+            recorded,
+            kept_elsewhere: kept_elsewhere.as_deref(),
+        },
     ))
 }
 
 /// Converges the tenant toward its spec.
 pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, Error> {
     let names = names_of(&tenant);
-    let (origin, adopting) = match claim_namespace(&tenant, &names, ctx).await? {
+    let claim = claim_namespace(&tenant, &names, ctx).await?;
+    let (origin, adopting) = match &claim {
         Claim::Create => (NamespaceOrigin::Created, false),
-        Claim::Owned { origin, adopting } => (origin, adopting),
+        Claim::Owned { origin, adopting } => (*origin, *adopting),
         Claim::Terminating => {
             let message = format!("namespace {} to finish terminating", names.namespace);
             return finish_without_parts(&tenant, ctx, Error::Waiting(message)).await;
         }
         Claim::Refused(message) => {
-            return finish_without_parts(&tenant, ctx, Error::NamespaceNotOwned(message)).await;
+            return finish_without_parts(&tenant, ctx, Error::NamespaceNotOwned(message.clone()))
+                .await;
         }
     };
     if tenant.spec.suspend {
@@ -120,7 +141,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
 
     let namespace = outcome(
         status::NAMESPACE_READY,
-        apply_kubernetes(&tenant, &names, origin, adopting, ctx).await,
+        apply_kubernetes(&tenant, &names, &claim, origin, adopting, ctx).await,
     );
     fail::fail_point!("tenant-after-namespace");
     let (credentials, cred_origin) = load_credentials(&tenant, &names, ctx).await;
@@ -187,6 +208,13 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
     if vault_detached {
         status.vault = None;
     }
+    if tenant.spec.redis.mode == RedisMode::Dedicated
+        && parts[2].ready
+        && let Some(redis) = status.redis.as_mut()
+    {
+        // The Dedicated part removes any shared user first; ready means gone.
+        redis.user = None;
+    }
     write_status(&tenant, status, ctx).await?;
 
     match parts.iter().find(|p| !p.ready) {
@@ -238,7 +266,10 @@ fn intended_status(
         observed_generation: previous.observed_generation,
         conditions: previous.conditions.clone(),
         namespace: Some(names.namespace.clone()),
-        postgres: Some(PostgresStatus {
+        // A backend the configuration does not name was never touched.
+        postgres: (ctx.postgres.has_backend(&tenant.spec.postgres.backend)
+            || previous.postgres.is_some())
+        .then(|| PostgresStatus {
             backend: tenant.spec.postgres.backend.clone(),
             schema: names.schema.clone(),
             role: names.role.clone(),
@@ -346,19 +377,39 @@ where
 async fn apply_kubernetes(
     tenant: &PartnerTenant,
     names: &TenantNames,
+    claim: &Claim,
     origin: NamespaceOrigin,
     adopting: bool,
     ctx: &Context,
 ) -> Result<String, Error> {
     let s = &ctx.stores;
     let tenant_name = tenant.name_any();
-    apply_one(
-        ctx,
-        &s.namespaces,
-        &children::namespace(tenant, names, origin),
-    )
-    .await?;
-    if adopting {
+    let desired = children::namespace(tenant, names, origin);
+    if *claim == Claim::Create {
+        // A create, not an apply: should anyone (another tenant included)
+        // create the namespace between the read and this write, it stays
+        // theirs and the next reconcile decides again.
+        match Api::<Namespace>::all(ctx.client.clone())
+            .create(&PostParams::default(), &desired)
+            .await
+        {
+            Ok(_) => apply::count_write::<Namespace>(&ctx.metrics),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Err(Error::Waiting(format!(
+                    "namespace {} appeared while it was being created; deciding again whose it is",
+                    names.namespace
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        apply_one(ctx, &s.namespaces, &desired).await?;
+    }
+    let stale_mark = s
+        .namespaces
+        .get(&ObjectRef::new(&names.namespace))
+        .is_some_and(|ns| ns.annotations().contains_key(ownership::ADOPT_BY));
+    if adopting || stale_mark {
         release_adoption_mark(tenant, names, ctx).await?;
     }
     apply_one(ctx, &s.quotas, &children::resource_quota(tenant, names)).await?;
@@ -419,7 +470,10 @@ async fn load_credentials(
     } else {
         None
     };
-    if !stores_in_vault(tenant) {
+    // After a move away from Vault/OpenBao, what it holds still counts until
+    // it is detached, so the move itself rotates nothing.
+    let vault_recorded = tenant.status.as_ref().is_some_and(|s| s.vault.is_some());
+    if !stores_in_vault(tenant) && !vault_recorded {
         return credentials::choose(secret.unwrap_or(StoreRead::Missing), None);
     }
     let vault = match ctx.vault.read_secret(names, VAULT_CREDENTIALS).await {
@@ -433,7 +487,11 @@ async fn load_credentials(
             StoreRead::Unreadable
         }
     };
-    credentials::choose(vault, secret)
+    if stores_in_vault(tenant) {
+        credentials::choose(vault, secret)
+    } else {
+        credentials::choose(secret.unwrap_or(StoreRead::Missing), Some(vault))
+    }
 }
 
 /// The credentials Secret, from the cache or — when the cache does not show
@@ -479,7 +537,8 @@ async fn apply_database(
     let backend = &tenant.spec.postgres.backend;
     let policy = match origin {
         Origin::StoreUnavailable => PasswordPolicy::KeepExisting,
-        Origin::Stored | Origin::Generated => PasswordPolicy::Enforce,
+        Origin::Stored => PasswordPolicy::Enforce,
+        Origin::Generated => PasswordPolicy::Set,
     };
     let converged = ctx
         .postgres
@@ -527,13 +586,23 @@ async fn apply_cache(
             }
             prune(ctx, &s.stateful_sets, names, &tenant_name, &[]).await?;
             prune(ctx, &s.services, names, &tenant_name, &[]).await?;
+            let keep = [naming::CREDENTIALS_SECRET.to_string()];
+            prune(ctx, &s.secrets, names, &tenant_name, &keep).await?;
             Ok(format!(
                 "ACL user {} confined to {}*",
                 names.redis_user, names.redis_key_prefix
             ))
         }
         RedisMode::Dedicated => {
-            ctx.redis.remove_user_if_present(&names.redis_user).await?;
+            // Only a tenant that had a shared user asks the shared Redis.
+            let had_user = tenant
+                .status
+                .as_ref()
+                .and_then(|s| s.redis.as_ref())
+                .is_some_and(|r| r.user.is_some());
+            if had_user {
+                ctx.redis.remove_user_if_present(&names.redis_user).await?;
+            }
             let data =
                 super::dedicated_redis::password_secret_data(tenant, &credentials.redis_password);
             apply_one(
@@ -548,7 +617,7 @@ async fn apply_cache(
                 &children::dedicated_redis_service(tenant, names),
             )
             .await?;
-            let desired = children::dedicated_redis_statefulset(tenant, names);
+            let desired = children::dedicated_redis_statefulset(tenant, names, &data);
             apply_one(ctx, &s.stateful_sets, &desired).await?;
             let ready = s
                 .stateful_sets
@@ -602,15 +671,19 @@ async fn apply_secrets(
             ctx.vault.kv_mount(),
             names.vault_path
         ));
-    } else if tenant.status.as_ref().is_some_and(|s| s.vault.is_some()) {
-        // The tenant moved away from Vault/OpenBao: access there goes, data stays.
-        ctx.vault.detach(names).await?;
-        *vault_detached = true;
     }
     if stores_in_kubernetes(tenant) {
         let secret = children::secret(tenant, names, naming::CREDENTIALS_SECRET, &data);
         apply_one(ctx, &ctx.stores.secrets, &secret).await?;
         stored.push(format!("Secret {}", naming::CREDENTIALS_SECRET));
+        if !stores_in_vault(tenant) && tenant.status.as_ref().is_some_and(|s| s.vault.is_some()) {
+            // Moved away from Vault/OpenBao: the credentials now live in the
+            // Secret, so the copy there goes with the policy and auth role,
+            // and nothing of the tenant's is left for a later one of its name.
+            ctx.vault.detach(names).await?;
+            ctx.vault.delete_secrets(names).await?;
+            *vault_detached = true;
+        }
     } else {
         let tenant_name = tenant.name_any();
         let keep = match tenant.spec.redis.mode {

@@ -1,9 +1,11 @@
 //! What deleting a tenant may touch, as a pure plan.
 //!
 //! Cleanup touches only the backends the tenant's status records as used, so
-//! an outage of a backend it never used cannot block its deletion; a backend
-//! that is gone for good can be let go with an explicit annotation, and
-//! whatever is left behind there is named.
+//! an outage of a backend it never used cannot block its deletion. A backend
+//! that is gone for good (no longer configured, or failing) can be let go
+//! with an explicit annotation, and whatever is left behind there is named;
+//! a backend that answers is always cleaned up, annotation or not, so the
+//! annotation cannot be used to keep access alive past deletion.
 
 use std::collections::BTreeSet;
 
@@ -80,10 +82,22 @@ pub enum Step {
     DeleteOwnedObjects,
 }
 
+impl Step {
+    /// The backend a step talks to; `None` for Kubernetes.
+    pub fn backend(&self) -> Option<Backend> {
+        match self {
+            Self::DisablePostgres(_) | Self::DropPostgres(_) => Some(Backend::Postgres),
+            Self::RemoveRedisUser | Self::DeleteRedisKeys => Some(Backend::Redis),
+            Self::DetachVault | Self::DeleteVaultSecrets => Some(Backend::Vault),
+            Self::DeleteNamespace | Self::DeleteOwnedObjects => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub steps: Vec<Step>,
-    /// Backends the tenant used that the annotation lets go of.
+    /// Backends no longer configured that the annotation lets go of.
     pub abandoned: Vec<Backend>,
     /// Why cleanup cannot proceed without an admin's decision.
     pub blocked: Option<String>,
@@ -94,7 +108,7 @@ pub fn plan(policy: DeletionPolicy, used: &Used, abandon: &BTreeSet<Backend>) ->
     let delete = policy == DeletionPolicy::Delete;
     let mut plan = Plan::default();
     if let Some((backend, configured)) = &used.postgres {
-        if abandon.contains(&Backend::Postgres) {
+        if !configured && abandon.contains(&Backend::Postgres) {
             plan.abandoned.push(Backend::Postgres);
         } else if !configured {
             plan.blocked = Some(format!(
@@ -108,23 +122,15 @@ pub fn plan(policy: DeletionPolicy, used: &Used, abandon: &BTreeSet<Backend>) ->
         }
     }
     if used.shared_redis {
-        if abandon.contains(&Backend::Redis) {
-            plan.abandoned.push(Backend::Redis);
-        } else {
-            plan.steps.push(Step::RemoveRedisUser);
-            if delete {
-                plan.steps.push(Step::DeleteRedisKeys);
-            }
+        plan.steps.push(Step::RemoveRedisUser);
+        if delete {
+            plan.steps.push(Step::DeleteRedisKeys);
         }
     }
     if used.vault {
-        if abandon.contains(&Backend::Vault) {
-            plan.abandoned.push(Backend::Vault);
-        } else {
-            plan.steps.push(Step::DetachVault);
-            if delete {
-                plan.steps.push(Step::DeleteVaultSecrets);
-            }
+        plan.steps.push(Step::DetachVault);
+        if delete {
+            plan.steps.push(Step::DeleteVaultSecrets);
         }
     }
     if delete {

@@ -106,13 +106,28 @@ pub enum PasswordCheck {
     Unknown,
 }
 
-/// Whether an existing role's password must be set. `enforce` is false when
-/// the operator's own credential store is unreadable: its password may be a
-/// stand-in and must not replace the one the tenant uses. An unknown stored
-/// password is set again, so the credentials the operator hands out always
-/// log in (one `ALTER ROLE` per converge on such a server).
-pub fn password_needs_reset(enforce: bool, check: PasswordCheck) -> bool {
-    enforce && check != PasswordCheck::Matches
+/// Whose password an existing role must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordPolicy {
+    /// New credentials (none were stored): set on every role, whatever it has.
+    Set,
+    /// The password given is the tenant's stored one: an existing role whose
+    /// verifier does not accept it gets it again.
+    Enforce,
+    /// The credential store is unreadable, so the password given may be a
+    /// stand-in: only a new role gets it; an existing role keeps its own.
+    KeepExisting,
+}
+
+/// Whether an existing role's password must be set. A stored password that
+/// cannot be read (`Unknown`) is not rewritten on every converge: only new
+/// credentials are set blindly.
+pub fn password_needs_reset(policy: PasswordPolicy, check: PasswordCheck) -> bool {
+    match policy {
+        PasswordPolicy::Set => check != PasswordCheck::Matches,
+        PasswordPolicy::Enforce => check == PasswordCheck::Differs,
+        PasswordPolicy::KeepExisting => false,
+    }
 }
 
 /// The `rolconfig` entries the tenant's role must have, as `(name, value as
@@ -550,11 +565,17 @@ mod tests {
     #[test]
     fn a_password_is_reset_unless_it_matches_or_must_be_kept() {
         use PasswordCheck::*;
-        assert!(!password_needs_reset(true, Matches));
-        assert!(password_needs_reset(true, Differs));
-        assert!(password_needs_reset(true, Unknown));
+        use PasswordPolicy::*;
+        assert!(!password_needs_reset(Enforce, Matches));
+        assert!(password_needs_reset(Enforce, Differs));
+        assert!(
+            !password_needs_reset(Enforce, Unknown),
+            "an unreadable verifier is no reason to rewrite it on every converge"
+        );
+        assert!(password_needs_reset(Set, Unknown));
+        assert!(password_needs_reset(Set, Differs));
         for check in [Matches, Differs, Unknown] {
-            assert!(!password_needs_reset(false, check));
+            assert!(!password_needs_reset(KeepExisting, check));
         }
     }
 
