@@ -61,14 +61,16 @@ pub struct RunArgs {
     #[arg(long, env = "PARTNERPLANE_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
 
-    /// TCP ports tenant workloads may reach the shared backends on.
-    #[arg(
-        long,
-        env = "PARTNERPLANE_BACKEND_PORTS",
-        value_delimiter = ',',
-        default_value = "5432,6379,8200,443"
-    )]
-    pub backend_ports: Vec<u16>,
+    /// Address blocks (comma-separated CIDRs) where the shared backends named
+    /// by a host name rather than an IP address live. Tenant network policies
+    /// allow egress only to each backend's address on its port: a backend
+    /// configured by IP address is allowed at that address (/32 or /128), one
+    /// configured by host name at these blocks, since a network policy cannot
+    /// follow a DNS name. Empty (the default): only backends given by IP
+    /// address are reachable from tenant workloads, and the operator logs
+    /// which ones are not.
+    #[arg(long, env = "PARTNERPLANE_BACKEND_CIDRS", value_delimiter = ',')]
+    pub backend_cidrs: Vec<crate::context::Cidr>,
 }
 
 /// Parses the command line and runs the chosen command.

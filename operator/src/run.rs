@@ -17,7 +17,7 @@ use crate::backends::redis::Redis;
 use crate::backends::vault::Vault;
 use crate::cli::RunArgs;
 use crate::config::OperatorConfig;
-use crate::context::{Backoff, Context, Endpoints, Settings};
+use crate::context::{BackendEgress, Backoff, Context, Endpoints, Settings};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::{tenant, watches};
@@ -56,6 +56,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let (redis_host, redis_port) = host_port(&redis_url, 6379)?;
 
+    let endpoints = Endpoints {
+        postgres: endpoints_pg,
+        redis_host,
+        redis_port,
+        vault_address: config.vault.address.clone(),
+    };
+    let backend_egress = BackendEgress::derive(&endpoints, &args.backend_cidrs);
+    if !backend_egress.unreachable.is_empty() {
+        tracing::warn!(
+            backends = ?backend_egress.unreachable,
+            "backends named by host name are unreachable from tenant workloads; set --backend-cidrs"
+        );
+    }
+
     let (stores, streams) = watches::build(&client);
     let recorder = Recorder::new(
         client.clone(),
@@ -82,16 +96,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         postgres,
         redis,
         vault,
-        endpoints: Endpoints {
-            postgres: endpoints_pg,
-            redis_host,
-            redis_port,
-            vault_address: config.vault.address.clone(),
-        },
+        endpoints,
         stores,
         settings: Settings {
             resync: Duration::from_secs(args.resync_seconds),
-            backend_ports: args.backend_ports.clone(),
+            backend_egress,
             protected_namespaces: protected_namespaces(&config),
         },
         metrics: metrics.clone(),

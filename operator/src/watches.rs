@@ -12,6 +12,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+use crate::apply;
 use crate::context::Stores;
 use crate::tenant::children::MANAGED_SELECTOR;
 
@@ -41,11 +42,11 @@ where
         .labels(MANAGED_SELECTOR)
         .any_semantic();
     let stream = watcher(api, config)
-        // Managed fields are never compared; dropping them keeps the caches small.
+        // Only other managers' entries tell drift (see `apply`); a converged
+        // object has none, so the caches stay as small as without them.
         .map_ok(|event| {
-            event.modify(|object| {
-                object.meta_mut().managed_fields = None;
-            })
+            event
+                .modify(|object| apply::keep_foreign_entries(&mut object.meta_mut().managed_fields))
         })
         .default_backoff()
         .reflect(writer)

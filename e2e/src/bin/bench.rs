@@ -222,7 +222,7 @@ async fn run_floor(
                     serde_json::to_value(children::role(&tenant, &names))?,
                     serde_json::to_value(children::role_binding(&tenant, &names))?,
                 ];
-                for policy in children::network_policies(&tenant, &names, &[5432, 6379, 8200]) {
+                for policy in children::network_policies(&tenant, &names, &Default::default()) {
                     objects.push(serde_json::to_value(policy)?);
                 }
                 for object in objects {

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::ownership::{self, Origin};
 use crate::api::PartnerTenant;
 use crate::api::tenant::{NetworkIsolation, Tier};
+use crate::context::BackendEgress;
 use crate::naming::{self, TenantNames};
 
 pub use super::dedicated_redis::{
@@ -117,12 +118,19 @@ pub fn limit_range(tenant: &PartnerTenant, names: &TenantNames) -> LimitRange {
     }))
 }
 
-/// Network policies: deny everything, then allow the tenant's own traffic,
-/// DNS, the shared backends' ports and the namespaces the spec names.
+/// Namespace and pod labels of the cluster DNS (CoreDNS keeps kube-dns's label).
+const DNS_NAMESPACE: &str = "kube-system";
+const DNS_POD_LABEL: (&str, &str) = ("k8s-app", "kube-dns");
+
+/// Network policies: `default-deny` denies everything in both directions,
+/// stated with explicit empty rule lists; `allow-tenant-traffic` then lets
+/// in the tenant's own pods and the namespaces the spec names, and lets out
+/// only to the tenant's own pods, the cluster DNS and each shared backend's
+/// address block on its port — never a port to anywhere.
 pub fn network_policies(
     tenant: &PartnerTenant,
     names: &TenantNames,
-    backend_ports: &[u16],
+    backends: &BackendEgress,
 ) -> Vec<NetworkPolicy> {
     if tenant.spec.network.isolation == NetworkIsolation::Open {
         return vec![];
@@ -133,16 +141,38 @@ pub fn network_policies(
             json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.0}}}),
         );
     }
-    let backend_ports: Vec<Value> = backend_ports
-        .iter()
-        .map(|p| json!({"protocol": "TCP", "port": p}))
-        .collect();
+    let dns = json!({
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": DNS_NAMESPACE}},
+            "podSelector": {"matchLabels": {DNS_POD_LABEL.0: DNS_POD_LABEL.1}},
+        }],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    });
+    let mut egress = vec![json!({"to": [{"podSelector": {}}]}), dns];
+    // One rule per port, listing every block served on it.
+    let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+    for (cidr, port) in &backends.targets {
+        by_port
+            .entry(*port)
+            .or_default()
+            .push(json!({"ipBlock": {"cidr": cidr.to_string()}}));
+    }
+    egress.extend(
+        by_port
+            .into_iter()
+            .map(|(port, to)| json!({"to": to, "ports": [{"protocol": "TCP", "port": port}]})),
+    );
     vec![
         build(json!({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": metadata(tenant, names, "default-deny"),
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": [],
+            }
         })),
         build(json!({
             "apiVersion": "networking.k8s.io/v1",
@@ -152,11 +182,7 @@ pub fn network_policies(
                 "podSelector": {},
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [{"from": from}],
-                "egress": [
-                    {"to": [{"podSelector": {}}]},
-                    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                    {"ports": backend_ports},
-                ]
+                "egress": egress,
             }
         })),
     ]
@@ -270,18 +296,139 @@ mod tests {
         assert_eq!(hard["requests.cpu"].0, "4");
     }
 
+    fn backends() -> BackendEgress {
+        let endpoints = crate::context::Endpoints {
+            postgres: BTreeMap::from([(
+                "default".to_string(),
+                BTreeMap::from([
+                    ("PGHOST".to_string(), "10.0.0.5".to_string()),
+                    ("PGPORT".to_string(), "5432".to_string()),
+                ]),
+            )]),
+            redis_host: "redis.cache.svc".into(),
+            redis_port: 6379,
+            vault_address: "https://[fd00::8]:8200".into(),
+        };
+        BackendEgress::derive(&endpoints, &["10.96.0.0/12".parse().unwrap()])
+    }
+
+    fn spec_json(policy: &NetworkPolicy) -> Value {
+        serde_json::to_value(policy.spec.as_ref().unwrap()).unwrap()
+    }
+
     #[test]
     fn strict_isolation_denies_by_default_and_open_has_no_policy() {
         let names = TenantNames::new("acme", None);
-        let strict = network_policies(&tenant("displayName: A"), &names, &[5432]);
+        let strict = network_policies(&tenant("displayName: A"), &names, &backends());
         assert_eq!(strict.len(), 2);
         assert_eq!(strict[0].metadata.name.as_deref(), Some("default-deny"));
+        assert_eq!(
+            spec_json(&strict[0]),
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []})
+        );
         let open = network_policies(
             &tenant("displayName: A\nnetwork: {isolation: Open}"),
             &names,
-            &[5432],
+            &backends(),
         );
         assert!(open.is_empty());
+    }
+
+    #[test]
+    fn egress_reaches_only_the_backends_the_cluster_dns_and_the_tenant() {
+        let names = TenantNames::new("acme", None);
+        let policies = network_policies(&tenant("displayName: A"), &names, &backends());
+        let spec = spec_json(&policies[1]);
+        assert!(!spec.to_string().contains("0.0.0.0/0"));
+        assert!(!spec.to_string().contains("::/0"));
+        let egress = spec["egress"].as_array().unwrap();
+        // No rule without destinations: a port alone would mean any address.
+        for rule in egress {
+            assert!(
+                rule["to"].as_array().is_some_and(|to| !to.is_empty()),
+                "{rule}"
+            );
+        }
+        assert_eq!(
+            egress.as_slice(),
+            [
+                json!({"to": [{"podSelector": {}}]}),
+                json!({
+                    "to": [{
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                    }],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }),
+                json!({"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}], "ports": [{"protocol": "TCP", "port": 5432}]}),
+                json!({"to": [{"ipBlock": {"cidr": "10.96.0.0/12"}}], "ports": [{"protocol": "TCP", "port": 6379}]}),
+                json!({"to": [{"ipBlock": {"cidr": "fd00::8/128"}}], "ports": [{"protocol": "TCP", "port": 8200}]}),
+            ]
+        );
+        // Every DNS rule goes to kube-dns only.
+        for rule in egress.iter().filter(|r| {
+            r["ports"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["port"] == 53))
+        }) {
+            assert_eq!(
+                rule["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+                "kube-dns"
+            );
+        }
+    }
+
+    #[test]
+    fn without_reachable_backends_only_dns_and_the_tenant_are_allowed_out() {
+        let names = TenantNames::new("acme", None);
+        let policies =
+            network_policies(&tenant("displayName: A"), &names, &BackendEgress::default());
+        assert_eq!(
+            spec_json(&policies[1])["egress"].as_array().unwrap().len(),
+            2
+        );
+    }
+
+    #[test]
+    fn ingress_admits_the_tenant_and_the_named_namespaces_only() {
+        let names = TenantNames::new("acme", None);
+        let t = tenant("displayName: A\nnetwork: {allowFromNamespaces: [monitoring]}");
+        let policies = network_policies(&t, &names, &backends());
+        assert_eq!(
+            spec_json(&policies[1])["ingress"],
+            json!([{"from": [
+                {"podSelector": {}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            ]}])
+        );
+    }
+
+    #[test]
+    fn the_limit_range_sets_defaults_within_the_quota() {
+        let names = TenantNames::new("acme", None);
+        let limits = limit_range(&tenant("displayName: A"), &names)
+            .spec
+            .unwrap()
+            .limits;
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0].type_, "Container");
+        assert_eq!(limits[0].default_request.as_ref().unwrap()["cpu"].0, "100m");
+        assert_eq!(limits[0].default.as_ref().unwrap()["memory"].0, "1Gi");
+    }
+
+    #[test]
+    fn quota_overrides_are_kept_as_written_and_match_the_canonical_form() {
+        let t = tenant("displayName: A\nquotas: {memory: 1024Mi, cpu: 2000m, storage: 1024Gi}");
+        let quota = resource_quota(&t, &TenantNames::new("acme", None));
+        let hard = quota.spec.as_ref().unwrap().hard.as_ref().unwrap();
+        assert_eq!(hard["requests.memory"].0, "1024Mi");
+        // What the API server stores instead is not drift.
+        let desired = serde_json::to_value(&quota).unwrap();
+        let mut live = desired.clone();
+        live["spec"]["hard"]["requests.memory"] = json!("1Gi");
+        live["spec"]["hard"]["requests.cpu"] = json!("2");
+        live["spec"]["hard"]["requests.storage"] = json!("1Ti");
+        assert!(crate::apply::is_subset(&desired, &live));
     }
 
     #[test]

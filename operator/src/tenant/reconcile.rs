@@ -414,7 +414,7 @@ async fn apply_kubernetes(
     }
     apply_one(ctx, &s.quotas, &children::resource_quota(tenant, names)).await?;
     apply_one(ctx, &s.limit_ranges, &children::limit_range(tenant, names)).await?;
-    let policies = children::network_policies(tenant, names, &ctx.settings.backend_ports);
+    let policies = children::network_policies(tenant, names, &ctx.settings.backend_egress);
     for policy in &policies {
         apply_one(ctx, &s.network_policies, policy).await?;
     }
