@@ -3,12 +3,14 @@
 //! deadlines, installing the CRDs and applying manifests.
 
 pub mod events;
+pub mod kstatus;
 pub mod manifests;
 pub mod operator;
 pub mod tenants;
 pub mod testbed;
 pub mod wait;
 
+pub use kstatus::{Verdict, kstatus};
 pub use manifests::{apply, install_crds, load_documents};
 pub use operator::{Operator, wait_condition, wait_deleted};
 pub use testbed::{Testbed, free_port, operator_binary, repo_root};

@@ -4,14 +4,17 @@
 //! A case file starts with `# <what is wrong>` and one or more
 //! `# expect: <text>` lines, each of which must appear in the server's error.
 //! It holds one document (a create that must fail) or two (a valid create,
-//! then an update that must fail).
+//! then an update that must fail). A `status` in the first document is then
+//! written to the status subresource, as the operator would record
+//! provisioned state, so that rules depending on it can be checked.
 
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use partnerplane::api::PartnerTenant;
 use partnerplane_e2e::{Testbed, apply, install_crds, load_documents, repo_root, unique_name};
-use serde_json::json;
+use serde_json::{Value, json};
 
 struct Case {
     file: PathBuf,
@@ -50,6 +53,32 @@ fn cases() -> anyhow::Result<Vec<Case>> {
         .collect()
 }
 
+/// Writes `status` to the object's status subresource, as the admin.
+async fn write_status(
+    client: &kube::Client,
+    object: &DynamicObject,
+    status: &Value,
+) -> anyhow::Result<()> {
+    let gvk = kube::core::GroupVersionKind::try_from(
+        object
+            .types
+            .as_ref()
+            .expect("applied objects carry their type"),
+    )?;
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = match &object.metadata.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch_status(
+        object.metadata.name.as_deref().unwrap_or_default(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_invalid_manifest_is_rejected_naming_the_field() -> anyhow::Result<()> {
     let testbed = Testbed::load()?;
@@ -82,7 +111,12 @@ async fn every_invalid_manifest_is_rejected_naming_the_field() -> anyhow::Result
             _ => unreachable!("checked when loading"),
         };
         if let Some(setup) = setup {
-            match apply(&client, setup, Some(&ns), false).await {
+            let applied = apply(&client, setup, Some(&ns), false).await;
+            let recorded = match (&applied, setup.get("status")) {
+                (Ok(object), Some(status)) => write_status(&client, object, status).await,
+                _ => Ok(()),
+            };
+            match applied.and_then(|object| recorded.map(|()| object)) {
                 Ok(object) => created.push(object),
                 Err(e) => {
                     failures.push(format!(
@@ -114,9 +148,9 @@ async fn every_invalid_manifest_is_rejected_naming_the_field() -> anyhow::Result
 
     for object in created {
         if object.metadata.namespace.is_none() {
-            let api: Api<kube::api::DynamicObject> = Api::all_with(
+            let api: Api<DynamicObject> = Api::all_with(
                 client.clone(),
-                &kube::api::ApiResource::erase::<partnerplane::api::PartnerTenant>(&()),
+                &kube::api::ApiResource::erase::<PartnerTenant>(&()),
             );
             let _ = api
                 .delete(
@@ -135,4 +169,104 @@ async fn every_invalid_manifest_is_rejected_naming_the_field() -> anyhow::Result
         failures.join("\n")
     );
     Ok(())
+}
+
+/// The status code of the API server's refusal, if `error` is one.
+fn refusal_code(error: &anyhow::Error) -> Option<u16> {
+    match error.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn values_not_yet_provisioned_can_be_corrected() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    install_crds(&client).await?;
+    let name = unique_name("typo");
+    let defaulted = unique_name("typo-defaulted");
+    let manifest = |name: &str, spec: Value| {
+        json!({
+            "apiVersion": "partnerplane.io/v1alpha1",
+            "kind": "PartnerTenant",
+            "metadata": {"name": name},
+            "spec": spec,
+        })
+    };
+    let spec = |namespace: &str, backend: &str| {
+        json!({
+            "displayName": "Typo Tenant",
+            "namespace": namespace,
+            "postgres": {"backend": backend},
+        })
+    };
+
+    let result = async {
+        // Nothing provisioned yet: a mistyped backend and namespace can be fixed.
+        apply(&client, &manifest(&name, spec(&format!("{name}-a"), "defualt")), None, false).await?;
+        let fixed = spec(&format!("{name}-b"), "default");
+        let object = apply(&client, &manifest(&name, fixed.clone()), None, false).await?;
+        assert_eq!(object.data["spec"]["postgres"]["backend"], "default");
+        assert_eq!(object.data["spec"]["namespace"], format!("{name}-b"));
+
+        // The operator records what it provisioned; from then on both are fixed.
+        write_status(
+            &client,
+            &object,
+            &json!({
+                "namespace": format!("{name}-b"),
+                "postgres": {"backend": "default", "schema": "tenant_typo", "role": "tenant_typo_app"},
+            }),
+        )
+        .await?;
+        for (changed, expected) in [
+            (
+                spec(&format!("{name}-b"), "eu-west"),
+                "spec.postgres.backend: Forbidden: postgres.backend cannot change once the tenant's schema is provisioned there",
+            ),
+            (
+                spec(&format!("{name}-c"), "default"),
+                "spec.namespace: Forbidden: namespace cannot change once the tenant's namespace is provisioned",
+            ),
+        ] {
+            let error = apply(&client, &manifest(&name, changed), None, false)
+                .await
+                .expect_err("a provisioned value cannot change");
+            assert_eq!(refusal_code(&error), Some(422), "{error:#}");
+            assert!(format!("{error:#}").contains(expected), "{error:#}");
+        }
+        // Other fields still change.
+        let mut retitled = fixed;
+        retitled["displayName"] = json!("Renamed Tenant");
+        apply(&client, &manifest(&name, retitled), None, false).await?;
+
+        // Spelling out the namespace the operator derived is no change.
+        let object = apply(
+            &client,
+            &manifest(&defaulted, json!({"displayName": "Defaulted"})),
+            None,
+            false,
+        )
+        .await?;
+        write_status(&client, &object, &json!({"namespace": format!("ptn-{defaulted}")})).await?;
+        apply(
+            &client,
+            &manifest(
+                &defaulted,
+                json!({"displayName": "Defaulted", "namespace": format!("ptn-{defaulted}")}),
+            ),
+            None,
+            false,
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+
+    let tenants: Api<PartnerTenant> = Api::all(client.clone());
+    for tenant in [&name, &defaulted] {
+        let _ = tenants.delete(tenant, &DeleteParams::default()).await;
+    }
+    result
 }

@@ -339,10 +339,15 @@ fn default_retention_days() -> i32 {
 }
 
 /// Observed state of a copilot.
+///
+/// Defaults to `observedGeneration: -1` so that a copilot no controller has
+/// reconciled yet reads as in progress (kstatus), not as current.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[schemars(extend("default" = {"observedGeneration": -1}))]
 #[serde(rename_all = "camelCase")]
 pub struct CopilotDeploymentStatus {
-    /// Generation of the spec this status describes.
+    /// Generation of the spec this status describes; -1 until a controller
+    /// has reconciled the copilot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Reconciling`, `Stalled`, `IndexReady` and `WorkloadReady`.

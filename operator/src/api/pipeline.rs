@@ -103,10 +103,15 @@ pub enum BreachActionKind {
 }
 
 /// Observed state of a pipeline.
+///
+/// Defaults to `observedGeneration: -1` so that a pipeline no controller has
+/// reconciled yet reads as in progress (kstatus), not as current.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[schemars(extend("default" = {"observedGeneration": -1}))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPipelineStatus {
-    /// Generation of the spec this status describes.
+    /// Generation of the spec this status describes; -1 until a controller
+    /// has reconciled the pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 

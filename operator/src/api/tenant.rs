@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A managed service provider's tenant: a namespace with guard rails, a
-/// Postgres schema and role, Redis access, Vault/OpenBao secrets and policies,
-/// and workflow templates — none of which any other tenant can reach.
+/// Postgres schema and role, Redis access, and Vault/OpenBao secrets and
+/// policies — none of which any other tenant can reach.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "partnerplane.io",
@@ -24,13 +24,29 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
     printcolumn = r#"{"name":"Schema","type":"string","jsonPath":".status.postgres.schema"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[x_kube(
-    validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)")
-        .message("namespace is immutable once the tenant exists")
-        .field_path(".namespace")
-        .reason(Reason::FieldValueForbidden)
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Root rules see the status: a value is fixed only once the operator has
+    // recorded it as provisioned, so a typo can be corrected until then.
+    // Spelling out the namespace the operator claimed for an unset
+    // `spec.namespace` is no change. Status-only writes leave the spec as it
+    // was, so they always pass. `namespace` is a CEL reserved word, hence
+    // the escaped `__namespace__`.
+    validation = Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.__namespace__) || \
+         (has(self.spec.__namespace__) \
+           ? self.spec.__namespace__ == (has(oldSelf.spec.__namespace__) ? oldSelf.spec.__namespace__ : oldSelf.status.__namespace__) \
+           : !has(oldSelf.spec.__namespace__))"
+    )
+    .message("namespace cannot change once the tenant's namespace is provisioned (status.namespace)")
+    .field_path(".spec.namespace")
+    .reason(Reason::FieldValueForbidden),
+    validation = Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.postgres) || \
+         self.spec.postgres.backend == oldSelf.spec.postgres.backend"
+    )
+    .message("postgres.backend cannot change once the tenant's schema is provisioned there (status.postgres)")
+    .field_path(".spec.postgres.backend")
+    .reason(Reason::FieldValueForbidden)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PartnerTenantSpec {
@@ -38,7 +54,9 @@ pub struct PartnerTenantSpec {
     #[schemars(length(min = 1, max = 128))]
     pub display_name: String,
 
-    /// White-label branding of the tenant's instance.
+    /// White-label branding of the tenant's instance. Recorded as data and
+    /// handed to the tenant's copilots, which render it; the operator
+    /// provisions nothing from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branding: Option<Branding>,
 
@@ -47,7 +65,7 @@ pub struct PartnerTenantSpec {
     pub tier: Tier,
 
     /// Namespace that holds the tenant's workloads. Defaults to `ptn-<name>`.
-    /// Immutable once set.
+    /// Cannot change once the operator has claimed it (`status.namespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
@@ -55,7 +73,6 @@ pub struct PartnerTenantSpec {
     )]
     // Written as a schema extension: kube drops field rules on `Option` fields.
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self == oldSelf", "message": "namespace is immutable once the tenant exists", "reason": "FieldValueForbidden"},
         {"rule": "!self.startsWith('kube-') && self != 'default'", "message": "namespace cannot be default or a kube- system namespace"}
     ]))]
     pub namespace: Option<String>,
@@ -72,7 +89,8 @@ pub struct PartnerTenantSpec {
     #[serde(default)]
     pub secrets: SecretsSpec,
 
-    /// Workflow templates provisioned for the tenant.
+    /// Workflow templates for the tenant. Not supported yet: `templates`
+    /// must be empty.
     #[serde(default)]
     pub workflows: WorkflowsSpec,
 
@@ -141,19 +159,25 @@ pub enum Tier {
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSpec {
     /// Name of the Postgres backend (from the operator's configuration) that
-    /// holds the tenant's schema. Immutable.
+    /// holds the tenant's schema. Cannot change once the schema is
+    /// provisioned there (`status.postgres`); until then a wrong name can be
+    /// corrected.
     #[serde(default = "default_backend")]
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("postgres.backend is immutable").reason(Reason::FieldValueForbidden))]
     pub backend: String,
 
-    /// Extensions the tenant may use; they live in a shared extensions schema.
+    /// Extensions the tenant may use; they live in a shared extensions schema
+    /// that every tenant reaches. Only `vector` (pgvector) is offered, and it
+    /// cannot be left out.
     #[serde(default = "default_extensions")]
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    // The shared extensions schema is granted to every tenant alike, so a
+    // list without `vector` would claim an isolation the operator does not give.
+    #[x_kube(validation = Rule::new("'vector' in self").message("extensions must include vector: pgvector is available to every tenant"))]
     pub extensions: Vec<PostgresExtension>,
 }
 
@@ -180,8 +204,6 @@ fn default_extensions() -> Vec<PostgresExtension> {
 pub enum PostgresExtension {
     /// pgvector: vector types and HNSW indexes.
     Vector,
-    /// Trigram matching for fuzzy text search.
-    PgTrgm,
 }
 
 /// The tenant's Redis access.
@@ -278,14 +300,17 @@ pub enum SecretStore {
     Both,
 }
 
-/// Workflow templates to enable.
+/// Workflow templates for the tenant.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowsSpec {
-    /// Templates provisioned for the tenant in the workflow engine.
+    /// Templates to provision in the workflow engine. Not supported yet:
+    /// the operator runs no workflow engine, so the list must be empty
+    /// rather than be reported as provisioned.
     #[serde(default)]
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("self.size() == 0").message("workflow templates are not supported yet"))]
     pub templates: Vec<WorkflowTemplate>,
 }
 
@@ -373,24 +398,32 @@ pub enum DeletionPolicy {
 }
 
 /// Observed state of a tenant: the names actually provisioned and a condition per part.
+///
+/// Defaults to `observedGeneration: -1` so that a tenant no operator has seen
+/// yet reads as in progress (kstatus), not as current.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[schemars(extend("default" = {"observedGeneration": -1}))]
 #[serde(rename_all = "camelCase")]
 pub struct PartnerTenantStatus {
-    /// Generation of the spec this status describes.
+    /// Generation of the spec this status describes; -1 until an operator has
+    /// reconciled the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
     /// `Ready`, `Reconciling`, `Stalled` and one condition per part:
-    /// `NamespaceReady`, `DatabaseReady`, `CacheReady`, `SecretsReady`.
+    /// `NamespaceReady`, `DatabaseReady`, `CacheReady`, `SecretsReady`;
+    /// `Suspended` while `spec.suspend` is true.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 
-    /// The tenant namespace.
+    /// The tenant namespace, once the operator has claimed it; from then on
+    /// `spec.namespace` cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 
-    /// The tenant's Postgres schema and role.
+    /// The tenant's Postgres schema and role, once the operator may have
+    /// created them; from then on `spec.postgres.backend` cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresStatus>,
 
