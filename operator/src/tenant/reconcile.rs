@@ -133,7 +133,16 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         }
     };
     if tenant.spec.suspend {
+        // Nothing is touched; the status says so for this generation, which
+        // kstatus (Flux `wait`) reads as settled.
         tracing::info!("suspended; leaving provisioned state as is");
+        let previous = tenant.status.clone().unwrap_or_default();
+        let status = PartnerTenantStatus {
+            observed_generation: tenant.metadata.generation,
+            conditions: status::suspended(&previous.conditions, tenant.metadata.generation),
+            ..previous
+        };
+        write_status(&tenant, status, ctx).await?;
         return Ok(Action::await_change());
     }
     let previous = tenant.status.clone().unwrap_or_default();
