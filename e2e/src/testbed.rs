@@ -58,6 +58,22 @@ impl Testbed {
             .map(move |(k, v)| (k.clone(), v.replace("$PATH", &path)))
     }
 
+    /// The TLS endpoints, missing from a test bed brought up by an older `e2e/testbed.sh`.
+    pub fn tls(&self) -> anyhow::Result<TlsEndpoints> {
+        let get = |key: &str| {
+            self.vars.get(key).cloned().with_context(|| {
+                format!("{key} missing from e2e/.testbed/env — run e2e/testbed.sh up again")
+            })
+        };
+        Ok(TlsEndpoints {
+            ca: get("PARTNERPLANE_TESTBED_CA")?.into(),
+            pg_dsn: get("PARTNERPLANE_PG_TLS_DSN")?,
+            pgbouncer_admin_dsn: get("PARTNERPLANE_PGBOUNCER_ADMIN_DSN")?,
+            redis_url: get("PARTNERPLANE_REDIS_TLS_URL")?,
+            bao_addr: get("PARTNERPLANE_BAO_TLS_ADDR")?,
+        })
+    }
+
     /// The API server's address, e.g. `https://127.0.0.1:20123`.
     pub fn api_server(&self) -> anyhow::Result<String> {
         let text = std::fs::read_to_string(&self.kubeconfig)?;
@@ -84,6 +100,44 @@ impl Testbed {
             ..Default::default()
         };
         Ok(kube::Client::try_from(config)?)
+    }
+}
+
+/// The test bed's TLS endpoints; each server certificate is signed by the CA
+/// in `ca` and names `127.0.0.1` and `localhost`.
+#[derive(Debug, Clone)]
+pub struct TlsEndpoints {
+    /// The throwaway CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// The admin DSN through PgBouncer, `sslmode=verify-full`, without `sslrootcert`.
+    pub pg_dsn: String,
+    /// PgBouncer's admin console (`SHOW CLIENTS`), `sslmode=verify-full`.
+    pub pgbouncer_admin_dsn: String,
+    /// The admin URL of Redis's TLS port (`rediss://`).
+    pub redis_url: String,
+    /// OpenBao's TLS listener (`https://`).
+    pub bao_addr: String,
+}
+
+impl TlsEndpoints {
+    /// A Postgres session over TLS, verified against the CA in `ca_pem`, to `dsn`
+    /// (whose `sslmode` and `sslrootcert` apply as in the operator).
+    pub async fn pg_connect(
+        dsn: &str,
+        ca_pem: &str,
+    ) -> Result<tokio_postgres::Client, anyhow::Error> {
+        use partnerplane::backends::postgres::tls;
+        let split = tls::split_dsn(dsn)?;
+        let plan = tls::plan(split.mode, true)?;
+        let mut config: tokio_postgres::Config = split.dsn.parse()?;
+        config
+            .ssl_mode(plan.mode)
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let (client, connection) = config
+            .connect(tls::connector(plan.verify, tls::roots(ca_pem)?)?)
+            .await?;
+        tokio::spawn(connection);
+        Ok(client)
     }
 }
 

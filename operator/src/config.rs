@@ -30,8 +30,13 @@ pub struct OperatorConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostgresBackendConfig {
     pub name: String,
-    /// Secret key holding an admin connection string (`postgres://…`).
+    /// Secret key holding an admin connection string (`postgres://…`). Its
+    /// `sslmode` and `sslrootcert` choose TLS (see the README).
     pub dsn_secret: SecretKeyRef,
+    /// Secret key holding the PEM certificates the server's certificate
+    /// must chain to (added to the DSN's `sslrootcert`, if any).
+    #[serde(default)]
+    pub ca_secret: Option<SecretKeyRef>,
     /// Size of the backend's connection pool.
     #[serde(default = "default_pool_size")]
     pub max_connections: usize,
@@ -41,8 +46,13 @@ pub struct PostgresBackendConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Secret key holding an admin URL (`redis://user:password@host:port`).
+    /// Secret key holding an admin URL (`redis://user:password@host:port`,
+    /// or `rediss://…` for TLS).
     pub url_secret: SecretKeyRef,
+    /// Secret key holding the PEM certificates a `rediss://` server's
+    /// certificate must chain to; the system's roots when absent.
+    #[serde(default)]
+    pub ca_secret: Option<SecretKeyRef>,
 }
 
 /// The Vault/OpenBao server.
@@ -53,6 +63,10 @@ pub struct VaultConfig {
     pub address: String,
     /// Secret key holding a token allowed to manage policies, auth roles and the KV mount.
     pub token_secret: SecretKeyRef,
+    /// Secret key holding the PEM certificates an `https://` server's
+    /// certificate must chain to; the system's roots when absent.
+    #[serde(default)]
+    pub ca_secret: Option<SecretKeyRef>,
     /// KV v2 mount holding tenant secrets.
     #[serde(default = "default_kv_mount")]
     pub kv_mount: String,
@@ -148,9 +162,11 @@ postgres:
     dsnSecret: {namespace: partnerplane-system, name: pg, key: dsn}
   - name: eu-west
     dsnSecret: {namespace: partnerplane-system, name: pg-eu, key: dsn}
+    caSecret: {namespace: partnerplane-system, name: pg-eu, key: ca.crt}
     maxConnections: 4
 redis:
   urlSecret: {namespace: partnerplane-system, name: redis, key: url}
+  caSecret: {namespace: partnerplane-system, name: redis, key: ca.crt}
 vault:
   address: http://127.0.0.1:8200
   tokenSecret: {namespace: partnerplane-system, name: vault, key: token}
@@ -160,6 +176,19 @@ backendTimeout: 2.5
         .unwrap();
         assert_eq!(config.postgres.len(), 2);
         assert_eq!(config.postgres[0].max_connections, 8);
+        assert_eq!(config.postgres[0].ca_secret, None);
+        assert_eq!(
+            config.postgres[1]
+                .ca_secret
+                .as_ref()
+                .map(|s| s.key.as_str()),
+            Some("ca.crt")
+        );
+        assert_eq!(
+            config.redis.ca_secret.as_ref().map(|s| s.name.as_str()),
+            Some("redis")
+        );
+        assert_eq!(config.vault.ca_secret, None);
         assert_eq!(config.vault.kv_mount, "secret");
         assert_eq!(config.backend_timeout, Duration::from_millis(2500));
     }

@@ -12,7 +12,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::backends::postgres::Postgres;
+use crate::backends::postgres::{Postgres, tls};
 use crate::backends::redis::Redis;
 use crate::backends::vault::Vault;
 use crate::cli::RunArgs;
@@ -46,11 +46,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (postgres, endpoints_pg) = postgres_backends(&config, &client, metrics.clone()).await?;
     let redis_url = config.redis.url_secret.read(&client).await?;
-    let redis = Redis::connect(&redis_url, config.backend_timeout, metrics.clone()).await?;
+    let redis_ca = read_optional(&config.redis.ca_secret, &client).await?;
+    let redis = Redis::connect_with_ca(
+        &redis_url,
+        redis_ca.as_deref(),
+        config.backend_timeout,
+        metrics.clone(),
+    )
+    .await?;
     let vault_token = config.vault.token_secret.read(&client).await?;
-    let vault = Vault::new(
+    let vault_ca = read_optional(&config.vault.ca_secret, &client).await?;
+    let vault = Vault::with_ca(
         &config.vault,
         &vault_token,
+        vault_ca.as_deref(),
         config.backend_timeout,
         metrics.clone(),
     )?;
@@ -144,11 +153,15 @@ fn protected_namespaces(config: &OperatorConfig) -> Vec<String> {
     let mut namespaces: Vec<String> = config
         .postgres
         .iter()
-        .map(|p| p.dsn_secret.namespace.clone())
+        .flat_map(|p| [Some(&p.dsn_secret), p.ca_secret.as_ref()])
         .chain([
-            config.redis.url_secret.namespace.clone(),
-            config.vault.token_secret.namespace.clone(),
+            Some(&config.redis.url_secret),
+            config.redis.ca_secret.as_ref(),
+            Some(&config.vault.token_secret),
+            config.vault.ca_secret.as_ref(),
         ])
+        .flatten()
+        .map(|secret| secret.namespace.clone())
         .chain(std::env::var("POD_NAMESPACE").ok())
         .collect();
     namespaces.sort();
@@ -177,34 +190,62 @@ async fn postgres_backends(
     let mut endpoints = BTreeMap::new();
     for backend in &config.postgres {
         let dsn = backend.dsn_secret.read(client).await?;
-        let parsed: tokio_postgres::Config = dsn.parse().with_context(|| {
+        let ca = read_optional(&backend.ca_secret, client).await?;
+        let invalid = || {
             format!(
                 "Postgres backend {} has an invalid connection string",
                 backend.name
             )
-        })?;
-        let host = match parsed.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => "localhost".to_string(),
         };
-        let port = parsed.get_ports().first().copied().unwrap_or(5432);
-        endpoints.insert(
-            backend.name.clone(),
-            BTreeMap::from([
-                ("PGHOST".to_string(), host),
-                ("PGPORT".to_string(), port.to_string()),
-                (
-                    "PGDATABASE".to_string(),
-                    parsed.get_dbname().unwrap_or("postgres").to_string(),
-                ),
-            ]),
-        );
-        backends.push((backend.clone(), dsn));
+        let split = tls::split_dsn(&dsn).with_context(invalid)?;
+        let parsed: tokio_postgres::Config = split.dsn.parse().with_context(invalid)?;
+        endpoints.insert(backend.name.clone(), tenant_endpoint(&parsed, split.mode));
+        backends.push((backend.clone(), dsn, ca));
     }
     Ok((
-        Postgres::new(&backends, config.backend_timeout, metrics)?,
+        Postgres::with_ca(&backends, config.backend_timeout, metrics)?,
         endpoints,
     ))
+}
+
+/// What a tenant is told about its Postgres backend. `PGSSLMODE` is given
+/// when the operator's own connection demands TLS, so tenants are held to
+/// at least as much (the CA for `verify-*` is theirs to mount).
+fn tenant_endpoint(
+    parsed: &tokio_postgres::Config,
+    mode: tls::SslMode,
+) -> BTreeMap<String, String> {
+    let host = match parsed.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let mut endpoint = BTreeMap::from([
+        ("PGHOST".to_string(), host),
+        ("PGPORT".to_string(), port.to_string()),
+        (
+            "PGDATABASE".to_string(),
+            parsed.get_dbname().unwrap_or("postgres").to_string(),
+        ),
+    ]);
+    if matches!(
+        mode,
+        tls::SslMode::Require | tls::SslMode::VerifyCa | tls::SslMode::VerifyFull
+    ) {
+        endpoint.insert("PGSSLMODE".to_string(), mode.as_str().to_string());
+    }
+    endpoint
+}
+
+/// A PEM bundle from an optional Secret key, read once at start.
+async fn read_optional(
+    secret: &Option<crate::config::SecretKeyRef>,
+    client: &kube::Client,
+) -> anyhow::Result<Option<String>> {
+    match secret {
+        Some(secret) => Ok(Some(secret.read(client).await?)),
+        None => Ok(None),
+    }
 }
 
 fn host_port(url: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
@@ -229,4 +270,29 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!(signal = "SIGINT", "received"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(dsn: &str) -> BTreeMap<String, String> {
+        let split = tls::split_dsn(dsn).unwrap();
+        tenant_endpoint(&split.dsn.parse().unwrap(), split.mode)
+    }
+
+    #[test]
+    fn tenants_are_told_the_tls_mode_only_when_the_backend_demands_tls() {
+        let plain = endpoint("postgres://u:p@db.example:6432/app");
+        assert_eq!(plain["PGHOST"], "db.example");
+        assert_eq!(plain["PGPORT"], "6432");
+        assert_eq!(plain["PGDATABASE"], "app");
+        assert!(!plain.contains_key("PGSSLMODE"));
+        assert!(!endpoint("host=db sslmode=prefer").contains_key("PGSSLMODE"));
+        assert_eq!(
+            endpoint("postgres://u@db/app?sslmode=verify-full&sslrootcert=/ca.pem")["PGSSLMODE"],
+            "verify-full"
+        );
+        assert_eq!(endpoint("host=db sslmode=require")["PGSSLMODE"], "require");
+    }
 }

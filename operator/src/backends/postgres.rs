@@ -11,15 +11,17 @@
 
 mod plan;
 pub mod scram;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 use crate::api::tenant::Tier;
 use crate::config::PostgresBackendConfig;
@@ -155,19 +157,53 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Builds one pool per backend; connections open lazily.
+    /// Builds one pool per backend from its admin DSN, with no CA beyond the
+    /// DSN's `sslrootcert`; connections open lazily.
     pub fn new(
         backends: &[(PostgresBackendConfig, String)],
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let backends: Vec<_> = backends
+            .iter()
+            .map(|(config, dsn)| (config.clone(), dsn.clone(), None))
+            .collect();
+        Self::with_ca(&backends, timeout, metrics)
+    }
+
+    /// [`Postgres::new`] with each backend's CA bundle (PEM, from its
+    /// `caSecret`). TLS follows the DSN's `sslmode` (see [`tls`]); a
+    /// configuration that contradicts itself is refused here, at start-up.
+    pub fn with_ca(
+        backends: &[(PostgresBackendConfig, String, Option<String>)],
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut pools = BTreeMap::new();
-        for (config, dsn) in backends {
-            let mut pg: tokio_postgres::Config = dsn.parse()?;
-            pg.connect_timeout(timeout);
+        for (config, dsn, ca) in backends {
+            let context = || format!("Postgres backend {}", config.name);
+            let split = tls::split_dsn(dsn).with_context(context)?;
+            let mut bundle = ca.clone().unwrap_or_default();
+            if let Some(path) = &split.root_cert {
+                let file = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: reading sslrootcert {path}", context()))?;
+                bundle = format!("{bundle}\n{file}");
+            }
+            let has_ca = ca.is_some() || split.root_cert.is_some();
+            let plan = tls::plan(split.mode, has_ca).with_context(context)?;
+            if let Some(warning) = plan.warning {
+                tracing::warn!(backend = %config.name, "{warning}");
+            }
+            let roots = if has_ca {
+                tls::roots(&bundle).with_context(context)?
+            } else {
+                rustls::RootCertStore::empty()
+            };
+            let mut pg: tokio_postgres::Config = split.dsn.parse().with_context(context)?;
+            pg.connect_timeout(timeout).ssl_mode(plan.mode);
             let manager = Manager::from_config(
                 pg,
-                NoTls,
+                tls::connector(plan.verify, roots).with_context(context)?,
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },

@@ -100,6 +100,27 @@ pub struct UserChange {
     pub password_changed: bool,
 }
 
+/// What the admin URL's scheme (`tls`: `Some(insecure)` for `rediss://`)
+/// means with or without a configured CA: a refusal for a contradiction, a
+/// warning to log once when the connection can be read or impersonated.
+pub fn tls_warning(tls: Option<bool>, has_ca: bool) -> anyhow::Result<Option<&'static str>> {
+    match (tls, has_ca) {
+        (None, true) => anyhow::bail!("redis.caSecret is set but the Redis URL is not rediss://"),
+        (Some(true), true) => {
+            anyhow::bail!(
+                "redis.caSecret is set but the Redis URL turns verification off (#insecure)"
+            )
+        }
+        (None, false) => Ok(Some(
+            "the Redis URL is redis://: the admin password and ACL passwords travel in clear text",
+        )),
+        (Some(true), false) => Ok(Some(
+            "the Redis URL ends in #insecure: the server's certificate is not verified",
+        )),
+        (Some(false), _) => Ok(None),
+    }
+}
+
 /// The server's commands by ACL category, as `ACL CAT <category>` lists them:
 /// `name` for a command, `name|sub` for a subcommand.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -286,17 +307,46 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Connects to the admin URL; a `rediss://` URL is checked against the
+    /// system's roots. Connecting is lazy, so the operator starts while Redis is down.
     pub async fn connect(
         url: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        Self::connect_with_ca(url, None, timeout, metrics).await
+    }
+
+    /// [`Redis::connect`] trusting only the certificates of `ca` (PEM).
+    /// The certificate is always verified unless the URL itself ends in `#insecure`.
+    pub async fn connect_with_ca(
+        url: &str,
+        ca: Option<&str>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        let tls = match info.addr() {
+            redis::ConnectionAddr::TcpTls { insecure, .. } => Some(*insecure),
+            _ => None,
+        };
+        if let Some(warning) = tls_warning(tls, ca.is_some())? {
+            tracing::warn!("{warning}");
+        }
+        let client = match ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.as_bytes().to_vec()),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
-        // Connecting lazily lets the operator start while Redis is down.
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             connection,
@@ -446,6 +496,16 @@ impl Redis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_that_contradict_are_refused_and_weak_ones_warned() {
+        assert!(tls_warning(None, true).is_err());
+        assert!(tls_warning(Some(true), true).is_err());
+        assert!(tls_warning(None, false).unwrap().is_some());
+        assert!(tls_warning(Some(true), false).unwrap().is_some());
+        assert_eq!(tls_warning(Some(false), false).unwrap(), None);
+        assert_eq!(tls_warning(Some(false), true).unwrap(), None);
+    }
 
     /// `ACL CAT` of Redis 7.0.15 for the categories the rules below name,
     /// as `@category name name …`.

@@ -181,19 +181,60 @@ pub struct Vault {
 }
 
 impl Vault {
+    /// A client for `config.address`; an `https://` address is checked
+    /// against the system's roots.
     pub fn new(
         config: &VaultConfig,
         token: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        Self::with_ca(config, token, None, timeout, metrics)
+    }
+
+    /// [`Vault::new`] trusting only the certificates of `ca` (PEM).
+    pub fn with_ca(
+        config: &VaultConfig,
+        token: &str,
+        ca: Option<&str>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let https = config.address.starts_with("https://");
+        anyhow::ensure!(
+            https || ca.is_none(),
+            "vault.caSecret is set but the address {} is not https://",
+            config.address
+        );
+        if !https {
+            tracing::warn!(
+                address = %config.address,
+                "the Vault/OpenBao address is not https://: tokens and tenant secrets travel in clear text"
+            );
+        }
         let settings = VaultClientSettingsBuilder::default()
             .address(&config.address)
             .token(token)
             .timeout(Some(timeout))
+            // Not VAULT_SKIP_VERIFY from the environment: the configuration decides.
+            .verify(true)
             .build()?;
+        let mut client = VaultClient::new(settings)?;
+        if let Some(pem) = ca {
+            // vaultrs reads CA bundles only from files; a reqwest client of
+            // our own keeps the PEM in memory (the root file system may be read-only).
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())?;
+            anyhow::ensure!(!certs.is_empty(), "vault.caSecret holds no PEM certificate");
+            let http = reqwest::Client::builder()
+                .tls_backend_rustls()
+                .tls_certs_only(certs)
+                .timeout(timeout)
+                .build()?;
+            client.http =
+                rustify::clients::reqwest::Client::new(client.settings.address.as_str(), http);
+        }
         Ok(Self {
-            client: VaultClient::new(settings)?,
+            client,
             kv_mount: config.kv_mount.clone(),
             auth_mount: config.auth_mount.clone(),
             metrics,
