@@ -329,14 +329,12 @@ async fn a_ca_that_did_not_sign_the_servers_is_refused_by_every_backend() -> any
         );
     }
     // OpenBao holds the tenant's credentials, so an unreadable OpenBao stops
-    // every credential write; the condition says so without the cause.
+    // every credential write; the condition carries OpenBao's own error.
     let secrets = condition(&tenant, "SecretsReady").expect("condition set");
-    assert_eq!(secrets.reason, "Waiting", "{}", secrets.message);
+    assert_eq!(secrets.reason, "VaultUnavailable", "{}", secrets.message);
     assert!(
-        secrets
-            .message
-            .contains("the credential store (Vault/OpenBao) to be reachable"),
-        "{}",
+        secrets.message.contains("certificate"),
+        "SecretsReady does not name the certificate problem: {}",
         secrets.message
     );
     let policy = TenantNames::new(&name, None).vault_policy;
