@@ -227,8 +227,10 @@ pub struct RedisSpec {
     pub memory: Option<Quantity>,
 
     /// Persistence of a Dedicated Redis. Without it the data lives in memory
-    /// only and is lost when the pod restarts.
+    /// only and is lost when the pod restarts. Fixed once set: a
+    /// StatefulSet's volume claims cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "redis.persistence cannot change once set: the volume claims of a StatefulSet are immutable", "reason": "FieldValueForbidden"}]))]
     pub persistence: Option<RedisPersistence>,
 }
 
@@ -479,6 +481,7 @@ pub struct VaultStatus {
     pub path: String,
     /// Policy that reads only the tenant's paths.
     pub policy: String,
-    /// Kubernetes-auth role bound to the tenant namespace's service accounts.
+    /// Kubernetes-auth role bound to the `tenant-workload` ServiceAccount of
+    /// the tenant namespace, for tokens with the audience `vault`.
     pub auth_role: String,
 }
