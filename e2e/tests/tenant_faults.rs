@@ -365,9 +365,20 @@ async fn deletion_while_openbao_is_down(
         wait_deleted(client, &plain, DEADLINE).await?;
 
         api.delete(&vaulted, &DeleteParams::default()).await?;
-        let waiting = wait_parts(client, &vaulted, &[], "VaultUnavailable").await?;
-        let ready = condition(&waiting, "Ready").unwrap();
-        assert!(ready.message.starts_with("deleting:"), "{}", ready.message);
+        // Its deletion waits on OpenBao, and says so.
+        wait_until(
+            &format!("{vaulted}: deletion waiting on OpenBao"),
+            DEADLINE,
+            || async {
+                let tenant = api.get(&vaulted).await?;
+                Ok(condition(&tenant, "Ready")
+                    .filter(|c| {
+                        c.reason == "VaultUnavailable" && c.message.starts_with("deleting:")
+                    })
+                    .map(|_| ()))
+            },
+        )
+        .await?;
         let patch =
             json!({"metadata": {"annotations": {"partnerplane.io/abandon-backends": "vault"}}});
         api.patch(&vaulted, &PatchParams::default(), &Patch::Merge(&patch))
@@ -383,9 +394,22 @@ async fn deletion_while_openbao_is_down(
     result
 }
 
+/// Brings every stopped part of the test bed back when dropped.
+struct RestoreOnDrop<'a>(&'a Testbed);
+
+impl Drop for RestoreOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.bring_up() {
+            eprintln!("bringing the test bed back up failed: {e:#}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn backends_going_down_and_crds_reinstalled() -> anyhow::Result<()> {
     let testbed = Testbed::load()?;
+    // Even a failed assertion must not leave a backend down for the suites after this one.
+    let _restore = RestoreOnDrop(&testbed);
     let client = testbed.kube_admin().await?;
     // A short resync, so state lost inside a backend is noticed quickly.
     let operator =
