@@ -189,9 +189,9 @@ async fn a_tenant_is_current_once_ready_and_failed_once_stalled() -> anyhow::Res
         wait_condition(&client, &ready, "Ready", "True", DEADLINE).await?;
         wait_kstatus(&client, &ready, "Current").await?;
 
-        let tenant = wait_condition(&client, &stalled, "Stalled", "True", DEADLINE).await?;
+        let stalled_tenant = wait_condition(&client, &stalled, "Stalled", "True", DEADLINE).await?;
         assert_eq!(
-            condition(&tenant, "Stalled").map(|c| c.reason),
+            condition(&stalled_tenant, "Stalled").map(|c| c.reason),
             Some("NamespaceNotOwned".to_string())
         );
         let verdict = wait_kstatus(&client, &stalled, "Failed").await?;
@@ -200,6 +200,17 @@ async fn a_tenant_is_current_once_ready_and_failed_once_stalled() -> anyhow::Res
             "the Stalled message names the namespace: {}",
             verdict.message
         );
+
+        // Suspending the Ready tenant is a new generation the operator
+        // observes without provisioning anything: a settled state.
+        let suspend = json!({"displayName": "Ready Tenant", "suspend": true});
+        apply(&client, &tenant(&ready, &shard, suspend), None, false).await?;
+        let suspended = wait_condition(&client, &ready, "Suspended", "True", DEADLINE).await?;
+        assert_eq!(
+            condition(&suspended, "Reconciling").map(|c| (c.status, c.reason)),
+            Some(("False".to_string(), "Suspended".to_string()))
+        );
+        wait_kstatus(&client, &ready, "Current").await?;
         anyhow::Ok(())
     }
     .await;
