@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::metrics::{KindLabels, Metrics};
+use crate::quantity::Exact;
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "partnerplane.io/operator";
@@ -94,80 +95,9 @@ pub fn same_quantity(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    match (Quantity::parse(a), Quantity::parse(b)) {
-        (Some(a), Some(b)) => a.same_value(&b),
+    match (Exact::parse(a), Exact::parse(b)) {
+        (Ok(a), Ok(b)) => a.same_value(&b),
         _ => false,
-    }
-}
-
-/// An exact quantity: `mantissa × numerator / denominator`, sign apart.
-/// (`dedicated_redis::quantity_bytes` rounds up to whole bytes, which would
-/// make `100m` and `200m` of CPU equal, so it does not serve here.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Quantity {
-    negative: bool,
-    numerator: u128,
-    denominator: u128,
-}
-
-impl Quantity {
-    /// Parses Kubernetes' quantity syntax: a signed decimal number followed
-    /// by a binary suffix (`Ki`…`Ei`), a decimal one (`n`, `u`, `m`, `k`,
-    /// `M`…`E`) or an exponent (`e3`, `E-2`).
-    fn parse(text: &str) -> Option<Self> {
-        let (negative, rest) = match text.as_bytes().first()? {
-            b'-' => (true, &text[1..]),
-            b'+' => (false, &text[1..]),
-            _ => (false, text),
-        };
-        let end = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (number, suffix) = rest.split_at(end);
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-            return None;
-        }
-        let mantissa: u128 = format!("{whole}{fraction}").parse().ok()?;
-        let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
-        let (factor, divisor): (u128, u128) = match suffix {
-            "" => (1, 1),
-            "Ki" => (1 << 10, 1),
-            "Mi" => (1 << 20, 1),
-            "Gi" => (1 << 30, 1),
-            "Ti" => (1 << 40, 1),
-            "Pi" => (1 << 50, 1),
-            "Ei" => (1 << 60, 1),
-            "n" => (1, 1_000_000_000),
-            "u" => (1, 1_000_000),
-            "m" => (1, 1_000),
-            "k" => (1_000, 1),
-            "M" => (1_000_000, 1),
-            "G" => (1_000_000_000, 1),
-            "T" => (1_000_000_000_000, 1),
-            "P" => (1_000_000_000_000_000, 1),
-            "E" => (1_000_000_000_000_000_000, 1),
-            exponent => {
-                let exponent: i32 = exponent.strip_prefix(['e', 'E'])?.parse().ok()?;
-                let power = 10u128.checked_pow(exponent.unsigned_abs())?;
-                if exponent >= 0 {
-                    (power, 1)
-                } else {
-                    (1, power)
-                }
-            }
-        };
-        Some(Self {
-            negative: negative && mantissa != 0,
-            numerator: mantissa.checked_mul(factor)?,
-            denominator: scale.checked_mul(divisor)?,
-        })
-    }
-
-    fn same_value(&self, other: &Self) -> bool {
-        let left = self.numerator.checked_mul(other.denominator);
-        let right = other.numerator.checked_mul(self.denominator);
-        self.negative == other.negative && left.is_some() && left == right
     }
 }
 

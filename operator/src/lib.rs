@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod http;
 pub mod metrics;
 pub mod naming;
+pub mod quantity;
 pub mod run;
 pub mod telemetry;
 pub mod tenant;

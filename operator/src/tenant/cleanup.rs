@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{CustomResourceExt, ResourceExt};
@@ -18,7 +18,7 @@ use kube::{CustomResourceExt, ResourceExt};
 use super::children;
 use super::error::Error;
 use super::ownership::{self, Claim};
-use super::reconcile::{claim_namespace, names_of, patch_status, prune, publish};
+use super::reconcile::{claim_namespace, names_of, patch_namespace, patch_status, prune, publish};
 use super::teardown::{self, Backend, Step, Used};
 use crate::api::conditions::{self, READY};
 use crate::api::tenant::DeletionPolicy;
@@ -90,13 +90,7 @@ async fn release_for_crd_deletion(
 ) -> Result<Action, Error> {
     if let Claim::Owned { .. } = claim_namespace(tenant, names, ctx).await? {
         let patch = serde_json::json!({"metadata": {"annotations": {ownership::ADOPT_BY: tenant.name_any()}}});
-        Api::<Namespace>::all(ctx.client.clone())
-            .patch(
-                &names.namespace,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        patch_namespace(ctx, &names.namespace, &patch).await?;
     }
     strip_tenant_owners(tenant, names, ctx).await?;
     ctx.metrics.set_tenant_ready(&tenant.name_any(), None);
@@ -345,13 +339,7 @@ async fn delete_owned_objects(
             crate::naming::TENANT_LABEL: null,
         },
     }});
-    Api::<Namespace>::all(ctx.client.clone())
-        .patch(
-            &names.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+    patch_namespace(ctx, &names.namespace, &patch).await?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::children::{build, labels, metadata};
 use crate::api::PartnerTenant;
 use crate::naming::{self, TenantNames};
+pub use crate::quantity::{QuantityError, quantity_bytes};
 
 /// Name of the tenant's own Redis (StatefulSet and Service).
 pub const DEDICATED_REDIS: &str = "tenant-redis";
@@ -236,88 +237,6 @@ pub fn dedicated_redis_statefulset(
         "metadata": metadata(tenant, names, DEDICATED_REDIS),
         "spec": spec,
     }))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuantityError {
-    #[error("{0:?} is not a quantity")]
-    Invalid(String),
-    #[error("{0:?} is negative")]
-    Negative(String),
-    #[error("{0:?} is too large")]
-    TooLarge(String),
-}
-
-/// Bytes of a Kubernetes quantity (`512Mi`, `1.5Gi`, `2G`, `1e9`, `100m`),
-/// rounded up to a whole byte as Kubernetes does for memory.
-pub fn quantity_bytes(text: &str) -> Result<u64, QuantityError> {
-    let invalid = || QuantityError::Invalid(text.to_string());
-    let too_large = || QuantityError::TooLarge(text.to_string());
-    let (negative, rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    let number_end = rest
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(rest.len());
-    let (number, suffix) = rest.split_at(number_end);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-        return Err(invalid());
-    }
-    // value = mantissa / 10^scale × numerator / denominator
-    let digits = format!("{whole}{fraction}");
-    let mantissa: u128 = digits.parse().map_err(|_| too_large())?;
-    let scale = u32::try_from(fraction.len()).map_err(|_| too_large())?;
-    let (numerator, denominator): (u128, u128) = match suffix {
-        "" => (1, 1),
-        "Ki" => (1 << 10, 1),
-        "Mi" => (1 << 20, 1),
-        "Gi" => (1 << 30, 1),
-        "Ti" => (1 << 40, 1),
-        "Pi" => (1 << 50, 1),
-        "Ei" => (1 << 60, 1),
-        "n" => (1, 1_000_000_000),
-        "u" => (1, 1_000_000),
-        "m" => (1, 1_000),
-        "k" => (1_000, 1),
-        "M" => (1_000_000, 1),
-        "G" => (1_000_000_000, 1),
-        "T" => (1_000_000_000_000, 1),
-        "P" => (1_000_000_000_000_000, 1),
-        "E" => (1_000_000_000_000_000_000, 1),
-        exponent => {
-            let exponent = exponent
-                .strip_prefix(['e', 'E'])
-                .ok_or_else(invalid)?
-                .parse::<i32>()
-                .map_err(|_| invalid())?;
-            let power = 10u128
-                .checked_pow(exponent.unsigned_abs())
-                .ok_or_else(too_large)?;
-            if exponent >= 0 {
-                (power, 1)
-            } else {
-                (1, power)
-            }
-        }
-    };
-    if mantissa == 0 {
-        return Ok(0);
-    }
-    if negative {
-        return Err(QuantityError::Negative(text.to_string()));
-    }
-    let denominator = 10u128
-        .checked_pow(scale)
-        .and_then(|d| d.checked_mul(denominator))
-        .ok_or_else(too_large)?;
-    let bytes = mantissa
-        .checked_mul(numerator)
-        .ok_or_else(too_large)?
-        .div_ceil(denominator);
-    u64::try_from(bytes).map_err(|_| too_large())
 }
 
 #[cfg(test)]

@@ -449,6 +449,19 @@ async fn apply_kubernetes(
     ))
 }
 
+/// Merge-patches the namespace's metadata (marks the operator sets or
+/// removes beside its server-side apply).
+pub(super) async fn patch_namespace(
+    ctx: &Context,
+    namespace: &str,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
 /// An adoption opt-in is used once: after the tenant has taken the
 /// namespace over, the mark goes so it cannot hand it on again later.
 async fn release_adoption_mark(
@@ -457,13 +470,7 @@ async fn release_adoption_mark(
     ctx: &Context,
 ) -> Result<(), Error> {
     let patch = serde_json::json!({"metadata": {"annotations": {ownership::ADOPT_BY: null}}});
-    Api::<Namespace>::all(ctx.client.clone())
-        .patch(
-            &names.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+    patch_namespace(ctx, &names.namespace, &patch).await?;
     tracing::info!(tenant = %tenant.name_any(), namespace = %names.namespace, "adopted namespace");
     Ok(())
 }
