@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use partnerplane::api::PartnerTenant;
 use partnerplane_e2e::operator::condition;
 use partnerplane_e2e::tenants::{credentials, delete_tenants};
-use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_deleted};
+use partnerplane_e2e::{
+    Operator, Testbed, apply, unique_name, wait_condition, wait_deleted, wait_until,
+};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -71,10 +73,17 @@ async fn create_namespace(
     let cm: ConfigMap = serde_json::from_value(
         json!({"metadata": {"name": "legacy-config"}, "data": {"db": "billing"}}),
     )?;
-    Api::<ConfigMap>::namespaced(client.clone(), name)
-        .create(&PostParams::default(), &cm)
-        .await?;
-    Ok(())
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), name);
+    configmaps.create(&PostParams::default(), &cm).await?;
+    // The controller manager adds its own objects to a new namespace; wait
+    // for them so that a before/after comparison sees only the operator.
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), name);
+    wait_until("the new namespace to settle", DEADLINE, || async {
+        let settled = configmaps.get_opt("kube-root-ca.crt").await?.is_some()
+            && accounts.get_opt("default").await?.is_some();
+        Ok(settled.then_some(()))
+    })
+    .await
 }
 
 /// Waits until the tenant is Stalled on its namespace; returns the message.
