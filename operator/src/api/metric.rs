@@ -139,6 +139,44 @@ pub struct Metric {
     /// The target the metric is held to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objective: Option<Objective>,
+
+    /// Projects each partner's daily values to flag those heading for a
+    /// breach before it happens (needs an objective).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Forecast>,
+}
+
+/// A least-squares trend over each partner's daily values.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Forecast {
+    /// How far ahead to project, such as `14d`.
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,2}d$"))]
+    pub horizon: String,
+    /// Days of history the trend is fitted on.
+    #[serde(default = "default_forecast_history")]
+    #[schemars(range(min = 7, max = 365))]
+    pub history_days: i32,
+    /// Daily points a partner needs before its forecast is trusted.
+    #[serde(default = "default_forecast_min_points")]
+    #[schemars(range(min = 3, max = 365))]
+    pub min_points: i32,
+    /// Least fit (R², 0 to 1) a trend needs before it is trusted.
+    #[serde(default = "default_forecast_min_fit")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_fit: f64,
+}
+
+fn default_forecast_history() -> i32 {
+    28
+}
+
+fn default_forecast_min_points() -> i32 {
+    14
+}
+
+fn default_forecast_min_fit() -> f64 {
+    0.6
 }
 
 fn default_window() -> String {

@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::copilot::ApiKeyRef;
 use super::metric::{Identifier, Metric, Source};
 use super::tenant::WorkflowTemplate;
 
@@ -34,9 +35,15 @@ use super::tenant::WorkflowTemplate;
     validation = Rule::new("self.metrics.all(m, !has(m.aggregate.column) || self.sources.exists(s, s.name == m.source && s.columns.exists(c, c.name == m.aggregate.column)))")
         .message("a metric's aggregate.column must be a column of its source")
         .field_path(".metrics"),
-    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Webhook' || has(a.url))")
-        .message("a Webhook breach action needs url")
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Webhook' || (has(a.url) && has(a.signingSecret)))")
+        .message("a Webhook breach action needs url and signingSecret")
         .field_path(".onBreach"),
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind == 'Webhook' || (!has(a.url) && !has(a.signingSecret)))")
+        .message("url and signingSecret belong to Webhook breach actions only")
+        .field_path(".onBreach"),
+    validation = Rule::new("self.metrics.all(m, !has(m.forecast) || has(m.objective))")
+        .message("a forecast needs the metric's objective")
+        .field_path(".metrics"),
     validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow' || has(a.workflow))")
         .message("a Workflow breach action needs workflow")
         .field_path(".onBreach"),
@@ -65,9 +72,44 @@ pub struct MetricPipelineSpec {
     #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub on_breach: Vec<BreachAction>,
 
+    /// IANA time zone that day buckets and windows follow, such as
+    /// `Europe/Berlin`. A `30d` window covers today and the 29 days before
+    /// it, as calendar days in this zone (correct across DST changes); an
+    /// hour window covers whole hours.
+    #[serde(default = "default_time_zone")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+    )]
+    pub time_zone: String,
+
+    /// Lets a change lose data in a source table: a column dropped or
+    /// retyped, a source removed (its table dropped). Off by default, when
+    /// such a change is refused with `Stalled` naming the column.
+    #[serde(default)]
+    pub allow_destructive_changes: bool,
+
+    /// What deleting the pipeline does to its source tables, which hold the
+    /// tenant's own data: `Retain` (the default) keeps them and their rows,
+    /// `Delete` drops them. Derived tables are always dropped.
+    #[serde(default)]
+    pub source_deletion_policy: SourceDeletionPolicy,
+
     /// Stops refreshing while true.
     #[serde(default)]
     pub suspend: bool,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+/// What deleting a pipeline does to its source tables.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceDeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
 }
 
 fn default_refresh_interval() -> String {
@@ -91,6 +133,12 @@ pub struct BreachAction {
     /// Workflow template for Workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<WorkflowTemplate>,
+
+    /// For Webhook: the signing secret (Standard Webhooks, `whsec_…` or raw
+    /// base64), under the tenant's OpenBao path or in a Secret of the
+    /// pipeline's namespace. It is read at delivery and never copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<ApiKeyRef>,
 }
 
 /// Kinds of breach action.
@@ -132,6 +180,36 @@ pub struct MetricPipelineStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub metrics: Vec<MetricStatus>,
+
+    /// Schema-qualified source tables the tenant's systems write to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_tables: Vec<String>,
+
+    /// Schema-qualified table holding every partner's value per refresh,
+    /// for BI tools and copilots to read the same numbers as this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_table: Option<String>,
+
+    /// How the last refresh went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<RefreshSummary>,
+}
+
+/// What the last refresh did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshSummary {
+    /// `Incremental` (only changed partners and buckets touched), `Full`
+    /// (a definition changed, first run, or too much changed) or `Unchanged`.
+    pub path: String,
+    /// Milliseconds the refresh took.
+    pub duration_ms: i64,
+    /// Source rows new or changed since the previous refresh.
+    pub changed_rows: i64,
+    /// Buckets re-derived from raw rows to check the incremental results,
+    /// and how many of them differed (each difference is repaired).
+    pub sampled_buckets: i64,
+    pub mismatched_buckets: i64,
 }
 
 /// Current value of one metric.
@@ -146,10 +224,39 @@ pub struct MetricStatus {
     /// Whether the objective is met; absent without an objective or value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objective_met: Option<bool>,
+    /// Rows the value was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<i64>,
+    /// Since when the objective has been breached (over all partners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breached_since: Option<Time>,
     /// Partners breaching the objective, worst first (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub breaches: Vec<PartnerBreach>,
+    /// Partners whose trend is projected to breach the objective within the
+    /// forecast horizon, soonest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub at_risk: Vec<PartnerForecast>,
+    /// Why partners could not be forecast, such as too few daily points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast_note: Option<String>,
+}
+
+/// A partner projected to breach an objective.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerForecast {
+    /// The partner's identifier.
+    pub partner: String,
+    /// The value the trend reaches on `breachDate`.
+    pub projected_value: f64,
+    /// The first day (in the pipeline's time zone, `YYYY-MM-DD`) the trend
+    /// crosses the objective.
+    pub breach_date: String,
+    /// Fit quality of the trend (R², 0 to 1).
+    pub fit: f64,
 }
 
 /// A partner whose value breaches the objective.
