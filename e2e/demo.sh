@@ -61,10 +61,16 @@ start() {
     exit 1
   fi
   kubectl apply --server-side --field-manager=partnerplane.io/demo -k "$ROOT/examples/gitops" >/dev/null
+  log "seeding the example pipelines' sources with the tenants' own credentials"
+  cargo build --quiet -p partnerplane-e2e --bin seed_demo --manifest-path "$ROOT/Cargo.toml"
+  "$ROOT/target/debug/seed_demo"
   echo
   kubectl get partnerplane -A
   echo
   kubectl get partnertenant contoso-logistics -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}'
+  echo
+  kubectl get metricpipelines -A -l '!partnerplane.io/shard' \
+    -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{range .status.metrics[*]}{"  "}{.name}{"\t"}{.value}{"\tmet="}{.objectiveMet}{"\tworst="}{.breaches[0].partner}{"\n"}{end}{end}'
   log "the operator keeps running; stop everything with: make down"
 }
 

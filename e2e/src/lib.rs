@@ -5,10 +5,13 @@
 pub mod events;
 pub mod kstatus;
 pub mod manifests;
+pub mod metric_oracle;
 pub mod operator;
+pub mod pipelines;
 pub mod tenants;
 pub mod testbed;
 pub mod wait;
+pub mod webhook_receiver;
 
 pub use kstatus::{Verdict, kstatus};
 pub use manifests::{apply, install_crds, load_documents};

@@ -235,6 +235,27 @@ impl Testbed {
         Ok(())
     }
 
+    /// Stops Redis at once, without writing a snapshot: only what is in its
+    /// files (the ACL file among them) comes back with `bring_up`.
+    pub async fn stop_redis(&self) -> anyhow::Result<()> {
+        let mut admin = redis::Client::open(self.redis_admin_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        // The server closes the connection instead of answering.
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("NOSAVE")
+            .query_async::<()>(&mut admin)
+            .await;
+        crate::wait_until("Redis to stop", std::time::Duration::from_secs(20), || async {
+            Ok(redis::Client::open(self.redis_admin_url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+                .is_err()
+                .then_some(()))
+        })
+        .await
+    }
+
     /// Brings stopped parts of the test bed back (`e2e/testbed.sh up`).
     pub fn bring_up(&self) -> anyhow::Result<()> {
         let status = std::process::Command::new(repo_root().join("e2e/testbed.sh"))

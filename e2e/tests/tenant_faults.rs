@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -405,6 +406,52 @@ impl Drop for RestoreOnDrop<'_> {
     }
 }
 
+/// ACL changes are saved in groups; each tenant is reported Ready only once
+/// a save that includes its user has finished, so a Redis restart straight
+/// after a burst of tenants loses none of them. The operator is stopped
+/// first, so nothing could re-create a lost user before it is looked for.
+async fn redis_restart_keeps_users(testbed: &Testbed, client: &kube::Client) -> anyhow::Result<()> {
+    let shard = unique_name("acl-burst");
+    let operator = Operator::start(testbed, &shard, &[]).await?;
+    let names: Vec<String> = (0..12).map(|i| format!("{shard}-{i}")).collect();
+    let result = async {
+        for name in &names {
+            let spec = json!({"displayName": name, "secrets": {"store": "KubernetesSecret"}});
+            apply(client, &operator.tenant(name, spec), None, false).await?;
+        }
+        let mut creds = vec![];
+        for name in &names {
+            let t = wait_condition(client, name, "Ready", "True", DEADLINE).await?;
+            let ns = t.status.and_then(|s| s.namespace).expect("namespace");
+            creds.push(credentials(client, &ns).await?);
+        }
+        operator.kill().await?;
+        testbed.stop_redis().await?;
+        testbed.bring_up()?;
+        for c in &creds {
+            let login = async {
+                let mut session = redis::Client::open(
+                    testbed.redis_url_as(&c["REDIS_USER"], &c["REDIS_PASSWORD"])?,
+                )?
+                .get_multiplexed_async_connection()
+                .await?;
+                let pong: String = redis::cmd("PING").query_async(&mut session).await?;
+                anyhow::Ok(pong)
+            };
+            let pong = login
+                .await
+                .with_context(|| format!("{} logs in after the restart", c["REDIS_USER"]))?;
+            assert_eq!(pong, "PONG");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // Deletion needs an operator of the shard, whether or not the checks passed.
+    let _operator = Operator::start(testbed, &shard, &[]).await?;
+    delete_tenants(client, &names).await?;
+    result
+}
+
 #[tokio::test]
 async fn backends_going_down_and_crds_reinstalled() -> anyhow::Result<()> {
     let testbed = Testbed::load()?;
@@ -421,6 +468,7 @@ async fn backends_going_down_and_crds_reinstalled() -> anyhow::Result<()> {
         created.push(openbao_down(&testbed, &client, &operator, &pg).await?);
         deletion_while_openbao_is_down(&testbed, &client, &operator).await?;
         created.extend(crds_reinstalled(&testbed, &client, &operator).await?);
+        redis_restart_keeps_users(&testbed, &client).await?;
         anyhow::Ok(())
     }
     .await;

@@ -1,4 +1,5 @@
-//! Command-line interface: `run` starts the operator, `crdgen` prints the CRDs.
+//! Command-line interface: `run` starts the operator, `crdgen` prints the
+//! CRDs, `explain` shows the SQL a MetricPipeline compiles to.
 
 use std::net::SocketAddr;
 
@@ -22,6 +23,14 @@ enum Command {
         /// Folder to write to; prints to stdout when absent.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+    },
+    /// Check MetricPipelines in a YAML file and print the SQL each metric
+    /// compiles to, without a cluster.
+    Explain {
+        /// YAML file with one or more documents (`-` for stdin); every
+        /// `kind: MetricPipeline` among them is explained.
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
     },
 }
 
@@ -48,14 +57,20 @@ pub struct RunArgs {
     #[arg(long, env = "PARTNERPLANE_CONFIG")]
     pub config: std::path::PathBuf,
 
-    /// Label selector of the PartnerTenants this instance manages, to shard
-    /// tenants across operator deployments (for example `shard=eu`).
+    /// Label selector of the PartnerTenants (and MetricPipelines) this
+    /// instance manages, to shard them across operator deployments (for
+    /// example `shard=eu`); label a tenant's pipelines like the tenant.
     #[arg(long, env = "PARTNERPLANE_TENANT_SELECTOR")]
     pub tenant_selector: Option<String>,
 
     /// Tenants reconciled at the same time.
     #[arg(long, env = "PARTNERPLANE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+
+    /// MetricPipelines refreshed at the same time (apart from tenants, so a
+    /// slow refresh never delays a tenant).
+    #[arg(long, env = "PARTNERPLANE_PIPELINE_CONCURRENCY", default_value_t = 4)]
+    pub pipeline_concurrency: u16,
 
     /// Seconds between drift checks of a Ready tenant's backends.
     #[arg(long, env = "PARTNERPLANE_RESYNC_SECONDS", default_value_t = 300)]
@@ -84,7 +99,52 @@ pub fn main() -> anyhow::Result<()> {
                 .block_on(crate::run::run(args))
         }
         Command::Crdgen { out } => crdgen(out.as_deref()),
+        Command::Explain { file } => explain(&file),
     }
+}
+
+fn explain(file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use serde::Deserialize as _;
+
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let mut pipelines = 0;
+    let mut invalid = 0;
+    for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let document = serde_yaml::Value::deserialize(document)
+            .with_context(|| format!("{}: document {} is not YAML", file.display(), index + 1))?;
+        if document.get("kind").and_then(|k| k.as_str()) != Some("MetricPipeline") {
+            continue;
+        }
+        pipelines += 1;
+        let name = document
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .map_or_else(|| format!("#{}", index + 1), str::to_string);
+        let spec = document.get("spec").cloned().unwrap_or_default();
+        let spec: crate::api::pipeline::MetricPipelineSpec = serde_yaml::from_value(spec)
+            .with_context(|| format!("MetricPipeline {name}: invalid spec"))?;
+        match crate::pipeline::sql::check(&spec)
+            .and_then(|()| crate::pipeline::explain::explain(&spec))
+        {
+            Ok(listing) => println!("-- MetricPipeline {name}\n{listing}"),
+            Err(e) => {
+                eprintln!("MetricPipeline {name}: {e}");
+                invalid += 1;
+            }
+        }
+    }
+    anyhow::ensure!(pipelines > 0, "{} holds no MetricPipeline", file.display());
+    anyhow::ensure!(
+        invalid == 0,
+        "{invalid} of {pipelines} MetricPipelines are invalid"
+    );
+    Ok(())
 }
 
 fn crdgen(out: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -23,6 +23,24 @@ pub struct OperatorConfig {
     /// hold a reconcile forever.
     #[serde(default = "default_backend_timeout", with = "seconds")]
     pub backend_timeout: Duration,
+    /// Where breach webhooks may be delivered.
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+}
+
+/// Breach webhook deliveries.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Hosts or address blocks (`10.1.0.0/16`, `127.0.0.1`) a webhook may
+    /// target although they are loopback, link-local, private or
+    /// cluster-internal, all of which are refused otherwise.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Secret key holding PEM certificates receivers' certificates may
+    /// chain to, besides the system's roots.
+    #[serde(default)]
+    pub ca_secret: Option<SecretKeyRef>,
 }
 
 /// One Postgres backend.

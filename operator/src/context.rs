@@ -193,6 +193,16 @@ impl Backoff {
     }
 }
 
+/// Share of a delay a periodic requeue may move by, so that objects created
+/// together do not all come back in the same second.
+const JITTER: f64 = 0.1;
+
+/// `delay` moved by up to ±10 %.
+pub fn jittered(delay: Duration, rng: &mut impl Rng) -> Duration {
+    let factor = 1.0 + rng.random_range(-JITTER..=JITTER);
+    delay.mul_f64(factor)
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
@@ -301,6 +311,19 @@ mod tests {
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent_and_spreads() {
+        let mut rng = rand::rng();
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| jittered(Duration::from_secs(100), &mut rng))
+            .collect();
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_secs(90) && *d <= Duration::from_secs(110)));
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 100, "delays are spread, not equal");
     }
 
     #[test]

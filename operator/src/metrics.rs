@@ -66,6 +66,7 @@ pub struct Metrics {
     pub api_writes: Family<KindLabels, Counter>,
     tenants: Family<ReadyLabels, Gauge>,
     tenant_readiness: Mutex<HashMap<String, bool>>,
+    pub pipelines: crate::pipeline::telemetry::PipelineMetrics,
 }
 
 impl Metrics {
@@ -89,6 +90,7 @@ impl Metrics {
             api_writes: Family::default(),
             tenants: Family::default(),
             tenant_readiness: Mutex::new(HashMap::new()),
+            pipelines: Default::default(),
         };
         registry.register(
             "reconciles",
@@ -125,6 +127,7 @@ impl Metrics {
             "PartnerTenants by readiness",
             metrics.tenants.clone(),
         );
+        metrics.pipelines.register(&mut registry);
         for ready in ["true", "false"] {
             metrics.tenants.get_or_create(&ReadyLabels { ready }).set(0);
         }

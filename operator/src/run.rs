@@ -20,7 +20,9 @@ use crate::config::OperatorConfig;
 use crate::context::{BackendEgress, Backoff, Context, Endpoints, Settings};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::{tenant, watches};
+use crate::pipeline::context::PipelineContext;
+use crate::pipeline::webhook::WebhookClient;
+use crate::{pipeline, tenant, watches};
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -45,6 +47,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let (postgres, endpoints_pg) = postgres_backends(&config, &client, metrics.clone()).await?;
+    // Pipelines refresh on pools of their own: a slow refresh never holds a
+    // connection a tenant reconcile waits for.
+    let (pipeline_postgres, _) = postgres_backends(&config, &client, metrics.clone()).await?;
     let redis_url = config.redis.url_secret.read(&client).await?;
     let redis_ca = read_optional(&config.redis.ca_secret, &client).await?;
     let redis = Redis::connect_with_ca(
@@ -101,7 +106,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         postgres,
         redis,
         vault,
@@ -125,6 +130,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.clone(),
         stopped(stop_rx.clone()),
     ));
+    let pipeline_ctx = Arc::new(PipelineContext {
+        shared: ctx.clone(),
+        postgres: pipeline_postgres,
+        webhooks: WebhookClient::new(&config.webhooks, &client).await?,
+        backoff: Backoff::default(),
+    });
+    let pipelines = tokio::spawn(pipeline::run(
+        pipeline_ctx,
+        args.tenant_selector.clone(),
+        args.pipeline_concurrency,
+        stopped(stop_rx.clone()),
+    ));
     let controller = tokio::spawn(tenant::run(
         ctx,
         streams,
@@ -136,7 +153,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     readiness.set(false);
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(20), controller)
+    let controllers = futures::future::join(controller, pipelines);
+    if tokio::time::timeout(Duration::from_secs(20), controllers)
         .await
         .is_err()
     {

@@ -47,6 +47,9 @@ use super::tenant::WorkflowTemplate;
     validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow' || has(a.workflow))")
         .message("a Workflow breach action needs workflow")
         .field_path(".onBreach"),
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow')")
+        .message("Workflow breach actions are not supported yet: the operator provisions no workflow templates")
+        .field_path(".onBreach"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPipelineSpec {
@@ -193,6 +196,12 @@ pub struct MetricPipelineStatus {
     /// How the last refresh went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refresh: Option<RefreshSummary>,
+
+    /// The value of the `partnerplane.io/refresh-requested-at` annotation
+    /// the last refresh answered; setting the annotation to a new value
+    /// refreshes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_refresh_request: Option<String>,
 }
 
 /// What the last refresh did.

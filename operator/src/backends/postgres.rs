@@ -240,6 +240,14 @@ impl Postgres {
             .ok_or_else(|| PostgresError::UnknownBackend(backend.to_string()))
     }
 
+    /// A pooled admin session on `backend`, for work done in a tenant's
+    /// schema as the tenant's role: the caller opens a transaction and runs
+    /// `SET LOCAL ROLE` first, so the role ends with the transaction and the
+    /// session goes back to the pool as the admin.
+    pub async fn session(&self, backend: &str) -> Result<deadpool_postgres::Object, PostgresError> {
+        self.client(backend).await
+    }
+
     async fn client(&self, backend: &str) -> Result<deadpool_postgres::Object, PostgresError> {
         self.backend(backend)?
             .pool

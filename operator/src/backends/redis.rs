@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 use crate::metrics::Metrics;
 use crate::naming::TenantNames;
 
+pub mod group_save;
+
 /// Command rules of every tenant user: an allow-list of commands that check
 /// key and channel patterns. Whatever a category pulls in that is
 /// `@dangerous`, `@admin` or `@scripting` is taken away again at the end.
@@ -84,10 +86,18 @@ pub const COMMAND_RULES: &[&str] = &[
     "-@scripting",
 ];
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RedisError {
     #[error("Redis is unavailable: {0}")]
     Unavailable(#[source] redis::RedisError),
+    #[error("Redis: the ACL saving task has stopped")]
+    SaverStopped,
+}
+
+impl From<group_save::Stopped> for RedisError {
+    fn from(_: group_save::Stopped) -> Self {
+        Self::SaverStopped
+    }
 }
 
 /// What [`Redis::ensure_user`] did.
@@ -296,6 +306,21 @@ fn value_strings(value: &redis::Value) -> Vec<String> {
     }
 }
 
+/// Saves the ACLs to the server's ACL file, so a Redis restart keeps them; a
+/// server without an ACL file keeps them in its config only.
+async fn save_acls(mut con: ConnectionManager, metrics: &Metrics) -> Result<(), RedisError> {
+    let _timer = metrics.backend_timer("redis", "acl_save");
+    match redis::cmd("ACL")
+        .arg("SAVE")
+        .query_async::<()>(&mut con)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().contains("not configured to use an ACL file") => Ok(()),
+        Err(e) => Err(RedisError::Unavailable(e)),
+    }
+}
+
 /// An admin connection to the shared Redis; reconnects by itself.
 #[derive(Clone)]
 pub struct Redis {
@@ -304,6 +329,8 @@ pub struct Redis {
     /// Read once and kept; dropped after every correction so that a server
     /// upgrade (new commands in a category) is picked up.
     catalogue: Arc<Mutex<Option<Arc<CommandCatalogue>>>>,
+    /// `ACL SAVE`s shared by the changes made while one runs.
+    saver: group_save::GroupSave<RedisError>,
 }
 
 impl Redis {
@@ -348,10 +375,18 @@ impl Redis {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let saving = connection.clone();
+        let saves = metrics.clone();
+        let saver = group_save::GroupSave::spawn(move || {
+            let connection = saving.clone();
+            let metrics = saves.clone();
+            async move { save_acls(connection, &metrics).await }
+        });
         Ok(Self {
             connection,
             metrics,
             catalogue: Arc::default(),
+            saver,
         })
     }
 
@@ -362,6 +397,8 @@ impl Redis {
         if let Some(reported) = &reported {
             let catalogue = self.catalogue().await?;
             if user.matches(reported, &catalogue) {
+                // An earlier change to it may still be unsaved.
+                self.saver.save_pending().await?;
                 return Ok(UserChange::default());
             }
         }
@@ -370,7 +407,7 @@ impl Redis {
             .arg(user.setuser_args())
             .query_async(&mut con)
             .await
-            .map_err(RedisError::Unavailable)?;
+            .map_err(|e| self.maybe_changed(e))?;
         self.metrics.backend_wrote("redis", 1);
         self.forget_catalogue();
         self.persist_acls().await?;
@@ -409,19 +446,17 @@ impl Redis {
         *self.catalogue.lock().expect("not poisoned") = None;
     }
 
-    /// Saves the ACLs to the server's ACL file, so a Redis restart keeps
-    /// them; a server without an ACL file keeps them in its config only.
+    /// Returns once the ACLs, with every change made so far, are in the
+    /// server's ACL file (see [`group_save`]).
     async fn persist_acls(&self) -> Result<(), RedisError> {
-        let mut con = self.connection.clone();
-        match redis::cmd("ACL")
-            .arg("SAVE")
-            .query_async::<()>(&mut con)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("not configured to use an ACL file") => Ok(()),
-            Err(e) => Err(RedisError::Unavailable(e)),
-        }
+        self.saver.save_change().await
+    }
+
+    /// A failed ACL write may still have been applied: it counts as a change
+    /// to save, so a retry that finds nothing to change still saves.
+    fn maybe_changed(&self, error: redis::RedisError) -> RedisError {
+        self.saver.changed();
+        RedisError::Unavailable(error)
     }
 
     async fn get_user(
@@ -440,6 +475,7 @@ impl Redis {
     /// Creates the user if it does not exist; an existing one is left as is.
     pub async fn ensure_user_exists(&self, user: &AclUser) -> Result<UserChange, RedisError> {
         if self.get_user(&user.name).await?.is_some() {
+            self.saver.save_pending().await?;
             return Ok(UserChange::default());
         }
         self.ensure_user(user).await
@@ -449,7 +485,8 @@ impl Redis {
     pub async fn remove_user_if_present(&self, name: &str) -> Result<(), RedisError> {
         let _timer = self.metrics.backend_timer("redis", "remove_user");
         if self.get_user(name).await?.is_none() {
-            return Ok(());
+            // The removal may still be unsaved.
+            return self.saver.save_pending().await;
         }
         let mut con = self.connection.clone();
         let removed: i64 = redis::cmd("ACL")
@@ -457,7 +494,7 @@ impl Redis {
             .arg(name)
             .query_async(&mut con)
             .await
-            .map_err(RedisError::Unavailable)?;
+            .map_err(|e| self.maybe_changed(e))?;
         self.metrics.backend_wrote("redis", removed as u64);
         self.persist_acls().await
     }

@@ -76,24 +76,6 @@ impl Error {
 
     /// The message for conditions and Events: the cause chain, at most 1 KiB.
     pub fn message(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        if text.len() > 1024 {
-            let mut cut = 1021;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str("...");
-        }
-        text
+        crate::error_chain::message(self)
     }
 }

@@ -10,6 +10,7 @@ pub mod reconcile;
 pub mod status;
 pub mod teardown;
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +19,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::Instrument;
 
 use crate::api::PartnerTenant;
@@ -32,7 +33,11 @@ use error::Error;
 pub const FINALIZER: &str = "partnerplane.io/tenant-cleanup";
 const CONTROLLER: &str = "partnertenant";
 
-async fn reconcile(tenant: Arc<PartnerTenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(
+    tenant: Arc<PartnerTenant>,
+    ctx: Arc<Context>,
+    written: Arc<status::Written>,
+) -> Result<Action, Error> {
     // Comparing with empty caches would rewrite every child after a restart.
     if ctx
         .caches_ready
@@ -55,8 +60,15 @@ async fn reconcile(tenant: Arc<PartnerTenant>, ctx: Arc<Context>) -> Result<Acti
     let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
     let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
-            FinalizerEvent::Apply(t) => reconcile::apply(t, &ctx).await,
-            FinalizerEvent::Cleanup(t) => cleanup::cleanup(t, &ctx).await,
+            FinalizerEvent::Apply(t) => reconcile::apply(t, &ctx, &written).await,
+            FinalizerEvent::Cleanup(t) => {
+                let uid = t.uid().unwrap_or_default();
+                let done = cleanup::cleanup(t, &ctx).await;
+                if done.is_ok() {
+                    written.forget(&uid);
+                }
+                done
+            }
         }
     })
     .instrument(span)
@@ -82,6 +94,20 @@ fn error_policy(tenant: Arc<PartnerTenant>, error: &Error, ctx: Arc<Context>) ->
     let delay = ctx.backoff.next(&tenant.name_any());
     tracing::warn!(tenant = %tenant.name_any(), reason = error.reason(), retry_in = ?delay, "reconcile failed: {}", error.message());
     Action::requeue(delay)
+}
+
+/// What a reconcile must see: spec changes, deletion, finalizers and the
+/// annotation deletion reads — not the controller's own status writes, which
+/// would otherwise run every tenant a second time after each reconcile. A
+/// reconcile therefore may read a tenant whose cached status lags its own
+/// last write; [`status::Written`] keeps such a read from skipping a write.
+fn worth_reconciling(tenant: &PartnerTenant) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    tenant.metadata.generation.hash(&mut hasher);
+    tenant.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    tenant.metadata.finalizers.hash(&mut hasher);
+    tenant.annotations().get(teardown::ABANDON).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -114,7 +140,14 @@ pub async fn run(
     if let Some(selector) = &selector {
         tenant_watch = tenant_watch.labels(selector);
     }
-    Controller::new(tenants, tenant_watch)
+    let written = Arc::new(status::Written::default());
+    let (reader, writer) = reflector::store();
+    let tenant_stream = watcher(tenants, tenant_watch)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default());
+    Controller::for_stream(tenant_stream, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .watches_stream(namespaces, owner)
         .watches_stream(quotas, owner)
@@ -127,7 +160,11 @@ pub async fn run(
         .watches_stream(services, owner)
         .watches_stream(stateful_sets, owner)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
+        .run(
+            move |tenant, ctx| reconcile(tenant, ctx, written.clone()),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| {
             let ctx = ctx.clone();
             async move {
@@ -137,4 +174,57 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PartnerTenantSpec;
+
+    fn tenant() -> PartnerTenant {
+        let spec: PartnerTenantSpec = serde_yaml::from_str("displayName: Acme").unwrap();
+        let mut t = PartnerTenant::new("acme", spec);
+        t.metadata.uid = Some("uid-1".into());
+        t.metadata.generation = Some(1);
+        t.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        t
+    }
+
+    #[test]
+    fn status_and_unrelated_metadata_do_not_start_a_reconcile() {
+        let before = tenant();
+        let mut after = before.clone();
+        after.status = Some(crate::api::PartnerTenantStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        after.metadata.resource_version = Some("42".into());
+        after
+            .labels_mut()
+            .insert("team".into(), "billing".into());
+        after
+            .annotations_mut()
+            .insert("note".into(), "x".into());
+        assert_eq!(worth_reconciling(&before), worth_reconciling(&after));
+    }
+
+    #[test]
+    fn spec_deletion_finalizers_and_the_abandon_annotation_start_one() {
+        let before = worth_reconciling(&tenant());
+        let mut spec = tenant();
+        spec.metadata.generation = Some(2);
+        let mut deleting = tenant();
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        let mut released = tenant();
+        released.metadata.finalizers = None;
+        let mut abandon = tenant();
+        abandon
+            .annotations_mut()
+            .insert(teardown::ABANDON.into(), "all".into());
+        for changed in [spec, deleting, released, abandon] {
+            assert_ne!(worth_reconciling(&changed), before, "{:?}", changed.metadata);
+        }
+    }
 }

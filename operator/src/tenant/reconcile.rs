@@ -116,8 +116,13 @@ pub(super) async fn claim_namespace(
     ))
 }
 
-/// Converges the tenant toward its spec.
-pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, Error> {
+/// Converges the tenant toward its spec; `written` holds the status last
+/// written for each tenant.
+pub async fn apply(
+    tenant: Arc<PartnerTenant>,
+    ctx: &Context,
+    written: &status::Written,
+) -> Result<Action, Error> {
     let names = names_of(&tenant);
     let claim = claim_namespace(&tenant, &names, ctx).await?;
     let (origin, adopting) = match &claim {
@@ -125,11 +130,11 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         Claim::Owned { origin, adopting } => (*origin, *adopting),
         Claim::Terminating => {
             let message = format!("namespace {} to finish terminating", names.namespace);
-            return finish_without_parts(&tenant, ctx, Error::Waiting(message)).await;
+            return finish_without_parts(&tenant, ctx, written, Error::Waiting(message)).await;
         }
         Claim::Refused(message) => {
-            return finish_without_parts(&tenant, ctx, Error::NamespaceNotOwned(message.clone()))
-                .await;
+            let error = Error::NamespaceNotOwned(message.clone());
+            return finish_without_parts(&tenant, ctx, written, error).await;
         }
     };
     if tenant.spec.suspend {
@@ -142,11 +147,11 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
             conditions: status::suspended(&previous.conditions, tenant.metadata.generation),
             ..previous
         };
-        write_status(&tenant, status, ctx).await?;
+        write_status(&tenant, status, ctx, written).await?;
         return Ok(Action::await_change());
     }
     let previous = tenant.status.clone().unwrap_or_default();
-    record_intent(&tenant, &names, &previous, ctx).await?;
+    record_intent(&tenant, &names, &previous, ctx, written).await?;
 
     let namespace = outcome(
         status::NAMESPACE_READY,
@@ -224,10 +229,14 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
         // The Dedicated part removes any shared user first; ready means gone.
         redis.user = None;
     }
-    write_status(&tenant, status, ctx).await?;
+    write_status(&tenant, status, ctx, written).await?;
 
     match parts.iter().find(|p| !p.ready) {
-        None => Ok(Action::requeue(ctx.settings.resync)),
+        // Spread, so tenants created together do not all resync in the same second.
+        None => Ok(Action::requeue(crate::context::jittered(
+            ctx.settings.resync,
+            &mut rand::rng(),
+        ))),
         Some(p) => Err(Error::NotReady {
             reason: p.reason,
             message: format!("{}: {}", p.condition, p.message),
@@ -241,6 +250,7 @@ pub async fn apply(tenant: Arc<PartnerTenant>, ctx: &Context) -> Result<Action, 
 async fn finish_without_parts(
     tenant: &PartnerTenant,
     ctx: &Context,
+    written: &status::Written,
     error: Error,
 ) -> Result<Action, Error> {
     let previous = tenant.status.clone().unwrap_or_default();
@@ -254,7 +264,7 @@ async fn finish_without_parts(
         ),
         ..previous
     };
-    write_status(tenant, status, ctx).await?;
+    write_status(tenant, status, ctx, written).await?;
     Err(Error::NotReady {
         reason: part.reason,
         message: format!("{}: {}", part.condition, part.message),
@@ -320,6 +330,7 @@ async fn record_intent(
     names: &TenantNames,
     previous: &PartnerTenantStatus,
     ctx: &Context,
+    written: &status::Written,
 ) -> Result<(), Error> {
     let mut intent = intended_status(tenant, names, previous, ctx);
     let same_records = intent.postgres == previous.postgres
@@ -346,7 +357,9 @@ async fn record_intent(
         );
         intent.observed_generation = tenant.metadata.generation;
     }
-    patch_status(tenant, &intent, ctx).await
+    patch_status(tenant, &intent, ctx).await?;
+    written.record(&tenant.uid().unwrap_or_default(), &intent);
+    Ok(())
 }
 
 async fn apply_one<K>(ctx: &Context, store: &Store<K>, desired: &K) -> Result<bool, Error>
@@ -753,13 +766,15 @@ async fn write_status(
     tenant: &PartnerTenant,
     status: PartnerTenantStatus,
     ctx: &Context,
+    written: &status::Written,
 ) -> Result<(), Error> {
     let ready = conditions::find(&status.conditions, READY).cloned();
     ctx.metrics.set_tenant_ready(
         &tenant.name_any(),
         Some(ready.as_ref().is_some_and(|c| c.status == "True")),
     );
-    if tenant.status.as_ref() == Some(&status) {
+    let uid = tenant.uid().unwrap_or_default();
+    if written.is_current(&uid, tenant.status.as_ref(), &status) {
         return Ok(());
     }
     let before = tenant
@@ -768,6 +783,7 @@ async fn write_status(
         .and_then(|s| conditions::find(&s.conditions, READY))
         .map(|c| (c.status.clone(), c.reason.clone()));
     patch_status(tenant, &status, ctx).await?;
+    written.record(&uid, &status);
     if let Some(ready) = ready
         && before != Some((ready.status.clone(), ready.reason.clone()))
     {

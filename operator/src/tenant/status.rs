@@ -1,53 +1,21 @@
 //! The tenant's status: one condition per part, rolled up into the kstatus
 //! conditions `Ready`, `Reconciling` and `Stalled`, or held as `Suspended`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+#[cfg(test)]
 use crate::api::conditions::{self, READY, RECONCILING, STALLED};
+use crate::api::PartnerTenantStatus;
 
 pub const NAMESPACE_READY: &str = "NamespaceReady";
 pub const DATABASE_READY: &str = "DatabaseReady";
 pub const CACHE_READY: &str = "CacheReady";
 pub const SECRETS_READY: &str = "SecretsReady";
-/// Present, and `True`, only while `spec.suspend` is true.
-pub const SUSPENDED: &str = "Suspended";
 
-/// The outcome of one part of a reconcile.
-#[derive(Debug, Clone)]
-pub struct PartOutcome {
-    pub condition: &'static str,
-    pub ready: bool,
-    pub reason: &'static str,
-    pub message: String,
-    pub permanent: bool,
-}
-
-impl PartOutcome {
-    pub fn ready(condition: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            condition,
-            ready: true,
-            reason: "Provisioned",
-            message: message.into(),
-            permanent: false,
-        }
-    }
-
-    pub fn failed(
-        condition: &'static str,
-        reason: &'static str,
-        message: String,
-        permanent: bool,
-    ) -> Self {
-        Self {
-            condition,
-            ready: false,
-            reason,
-            message,
-            permanent,
-        }
-    }
-}
+pub use crate::rollup::{PartOutcome, SUSPENDED, suspended};
 
 /// Applies the parts' outcomes to `existing` conditions and rolls them up.
 pub fn roll_up(
@@ -55,107 +23,104 @@ pub fn roll_up(
     parts: &[PartOutcome],
     generation: Option<i64>,
 ) -> Vec<Condition> {
-    let mut out = existing.to_vec();
-    // A reconcile that runs the parts is no longer suspended.
-    out.retain(|c| c.type_ != SUSPENDED);
-    for part in parts {
-        conditions::upsert(
-            &mut out,
-            conditions::new(
-                part.condition,
-                part.ready,
-                part.reason,
-                part.message.clone(),
-                generation,
-            ),
-        );
-    }
-    let failed: Vec<&PartOutcome> = parts.iter().filter(|p| !p.ready).collect();
-    let ready = failed.is_empty();
-    let stalled = failed.iter().find(|p| p.permanent);
-    let (reason, message) = match (failed.first(), stalled) {
-        (_, Some(p)) => (p.reason, format!("{}: {}", p.condition, p.message)),
-        (Some(p), None) => (p.reason, format!("{}: {}", p.condition, p.message)),
-        (None, None) => (
-            "Provisioned",
-            "every part of the tenant is provisioned".to_string(),
-        ),
-    };
-    conditions::upsert(
-        &mut out,
-        conditions::new(READY, ready, reason, message.clone(), generation),
-    );
-    conditions::upsert(
-        &mut out,
-        conditions::new(
-            RECONCILING,
-            !ready && stalled.is_none(),
-            if ready { "Provisioned" } else { reason },
-            if ready {
-                String::new()
-            } else {
-                message.clone()
-            },
-            generation,
-        ),
-    );
-    conditions::upsert(
-        &mut out,
-        conditions::new(
-            STALLED,
-            stalled.is_some(),
-            stalled.map_or("Progressing", |p| p.reason),
-            stalled.map_or(String::new(), |_| message),
-            generation,
-        ),
-    );
-    out
+    crate::rollup::roll_up(
+        existing,
+        parts,
+        generation,
+        "every part of the tenant is provisioned",
+    )
 }
 
-/// The conditions of a suspended tenant: settled, so that kstatus reads it as
-/// `Current` once `observedGeneration` matches, with `Suspended=True` saying
-/// why nothing moves. Part conditions are kept as last observed; `Ready`
-/// stays `True` if it was, since suspending leaves provisioned state as is,
-/// and otherwise says the tenant was suspended before it was ready.
-pub fn suspended(existing: &[Condition], generation: Option<i64>) -> Vec<Condition> {
-    const REASON: &str = "Suspended";
-    let mut out = existing.to_vec();
-    if !conditions::is_true(&out, READY) {
-        conditions::upsert(
-            &mut out,
-            conditions::new(
-                READY,
-                false,
-                REASON,
-                "suspended before every part was provisioned",
-                generation,
-            ),
-        );
+/// The status last written for each tenant, by UID.
+///
+/// A reconcile may read a tenant from the watch cache before the cache shows
+/// the status the previous reconcile wrote; the controller's own status
+/// writes do not start a reconcile, so nothing else would correct a write
+/// skipped on such a stale read. A status is left unwritten only when both
+/// the object read and the last write show it.
+#[derive(Debug, Default)]
+pub struct Written(Mutex<HashMap<String, PartnerTenantStatus>>);
+
+impl Written {
+    /// Records `status` as written for the tenant `uid`.
+    pub fn record(&self, uid: &str, status: &PartnerTenantStatus) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(uid.to_string(), status.clone());
     }
-    conditions::upsert(
-        &mut out,
-        conditions::new(RECONCILING, false, REASON, "", generation),
-    );
-    conditions::upsert(
-        &mut out,
-        conditions::new(STALLED, false, REASON, "", generation),
-    );
-    conditions::upsert(
-        &mut out,
-        conditions::new(
-            SUSPENDED,
-            true,
-            REASON,
-            "spec.suspend is true: the operator leaves provisioned state as is",
-            generation,
-        ),
-    );
-    out
+
+    /// Forgets the tenant `uid` (it is gone).
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().expect("not poisoned").remove(uid);
+    }
+
+    /// Whether writing `status` would change nothing: the tenant as `read`
+    /// has it, and no later write for `uid` (not yet in `read`) differs.
+    pub fn is_current(
+        &self,
+        uid: &str,
+        read: Option<&PartnerTenantStatus>,
+        status: &PartnerTenantStatus,
+    ) -> bool {
+        read == Some(status)
+            && self
+                .0
+                .lock()
+                .expect("not poisoned")
+                .get(uid)
+                .is_none_or(|last| last == status)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_ready(ready: bool) -> PartnerTenantStatus {
+        let part = if ready {
+            PartOutcome::ready(CACHE_READY, "ok")
+        } else {
+            PartOutcome::failed(CACHE_READY, "RedisUnavailable", "down".into(), false)
+        };
+        PartnerTenantStatus {
+            observed_generation: Some(1),
+            conditions: roll_up(&[], &[part], Some(1)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_status_the_read_and_the_last_write_show_is_current() {
+        let written = Written::default();
+        let ready = with_ready(true);
+        // Nothing written yet (a restart): the read alone decides.
+        assert!(written.is_current("u", Some(&ready), &ready));
+        assert!(!written.is_current("u", None, &ready));
+        written.record("u", &ready);
+        assert!(written.is_current("u", Some(&ready), &ready));
+        assert!(!written.is_current("u", Some(&with_ready(false)), &ready));
+    }
+
+    #[test]
+    fn a_stale_read_does_not_hide_a_later_write() {
+        let written = Written::default();
+        let ready = with_ready(true);
+        let failing = with_ready(false);
+        written.record("u", &ready);
+        // Written, but the cache still shows the one before.
+        written.record("u", &failing);
+        assert!(
+            !written.is_current("u", Some(&ready), &ready),
+            "the object has the failing status; ready must be written again"
+        );
+        written.forget("u");
+        assert!(written.is_current("u", Some(&ready), &ready));
+        assert!(
+            written.is_current("v", Some(&failing), &failing),
+            "other tenants are apart"
+        );
+    }
 
     #[test]
     fn all_parts_ready_means_ready() {

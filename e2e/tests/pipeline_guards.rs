@@ -1,0 +1,283 @@
+//! What a MetricPipeline may not do: lose a source's data without being
+//! told to, run outside a tenant's namespace, reference columns that do not
+//! exist, or reach another tenant's tables.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use partnerplane::api::MetricPipeline;
+use partnerplane_e2e::pipelines::apply;
+use partnerplane_e2e::pipelines::{condition, is, refresh_now, tenant_session, wait_pipeline};
+use partnerplane_e2e::tenants::{delete_tenants, sqlstate};
+use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition};
+use serde_json::{Value, json};
+
+fn pipeline(name: &str, namespace: &str, shard: &str, sources: Value, metrics: Value) -> Value {
+    json!({
+        "apiVersion": "partnerplane.io/v1alpha1",
+        "kind": "MetricPipeline",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"partnerplane.io/shard": shard}},
+        "spec": {"refreshInterval": "1h", "sources": sources, "metrics": metrics}
+    })
+}
+
+fn orders(extra: Value) -> Value {
+    let mut columns = vec![
+        json!({"name": "partner_id", "type": "Text"}),
+        json!({"name": "opened_at", "type": "Timestamp"}),
+        json!({"name": "amount", "type": "Numeric"}),
+    ];
+    if let Value::Array(more) = extra {
+        columns.extend(more);
+    }
+    json!([{"name": "orders", "partnerColumn": "partner_id", "timeColumn": "opened_at", "columns": columns}])
+}
+
+fn revenue() -> Value {
+    json!([{"name": "revenue", "domain": "RevenueAttribution", "source": "orders",
+            "aggregate": {"kind": "Sum", "column": "amount"}, "window": "30d"}])
+}
+
+async fn ready_tenant(
+    client: &kube::Client,
+    operator: &Operator,
+    prefix: &str,
+) -> anyhow::Result<(String, String)> {
+    let tenant = unique_name(prefix);
+    apply(
+        client,
+        &[operator.tenant(
+            &tenant,
+            json!({"displayName": prefix, "tier": "Standard", "secrets": {"store": "Both"}}),
+        )],
+    )
+    .await?;
+    wait_condition(client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    let namespace = format!("ptn-{tenant}");
+    Ok((tenant, namespace))
+}
+
+#[tokio::test]
+async fn a_destructive_source_change_is_refused_naming_the_column_and_data_stays()
+-> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-guard"), &[]).await?;
+    let (tenant, ns) = ready_tenant(&client, &operator, "guard").await?;
+    let shard = operator.shard.clone();
+    apply(
+        &client,
+        &[pipeline(
+            "p",
+            &ns,
+            &shard,
+            orders(json!([{"name": "region", "type": "Text"}])),
+            revenue(),
+        )],
+    )
+    .await?;
+    wait_pipeline(&client, &ns, "p", "Ready", Duration::from_secs(90), |p| {
+        is(p, "Ready", "True")
+    })
+    .await?;
+    let (session, _) = tenant_session(&testbed, &client, &ns).await?;
+    session
+        .batch_execute("INSERT INTO orders (partner_id, opened_at, amount, region) VALUES ('P1', now(), 10.5, 'north'), ('P2', now(), 4.5, 'south')")
+        .await?;
+
+    // An additive change (a new column) is applied in place.
+    apply(
+        &client,
+        &[pipeline(
+            "p",
+            &ns,
+            &shard,
+            orders(
+                json!([{"name": "region", "type": "Text"}, {"name": "channel", "type": "Text"}]),
+            ),
+            revenue(),
+        )],
+    )
+    .await?;
+    wait_pipeline(
+        &client,
+        &ns,
+        "p",
+        "Ready with the new column",
+        Duration::from_secs(60),
+        |p| is(p, "Ready", "True"),
+    )
+    .await?;
+    session.batch_execute("INSERT INTO orders (partner_id, opened_at, amount, channel) VALUES ('P3', now(), 1, 'web')").await?;
+
+    // Dropping `region` and retyping `amount` lose data: refused.
+    let retyped = json!([{"name": "partner_id", "type": "Text"}, {"name": "opened_at", "type": "Timestamp"},
+                          {"name": "amount", "type": "Text"}, {"name": "channel", "type": "Text"}]);
+    apply(&client, &[pipeline("p", &ns, &shard,
+        json!([{"name": "orders", "partnerColumn": "partner_id", "timeColumn": "opened_at", "columns": retyped}]),
+        json!([{"name": "orders_seen", "domain": "RevenueAttribution", "source": "orders", "aggregate": {"kind": "Count"}}]))]).await?;
+    let stalled = wait_pipeline(&client, &ns, "p", "Stalled", Duration::from_secs(60), |p| {
+        is(p, "Stalled", "True")
+    })
+    .await?;
+    let ready = condition(&stalled, "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "SourceChangeRefused", "{}", ready.message);
+    assert!(
+        ready.message.contains("region") || ready.message.contains("amount"),
+        "names the column: {}",
+        ready.message
+    );
+    let sources = condition(&stalled, "SourcesReady").unwrap();
+    assert_eq!(sources.status, "False");
+    partnerplane_e2e::events::wait_event(
+        &client,
+        "p",
+        "SourceChangeRefused",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let rows: Vec<(String, Option<String>)> = session
+        .query(
+            "SELECT amount::text, region FROM orders ORDER BY partner_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("10.5".into(), Some("north".into())),
+            ("4.5".into(), Some("south".into())),
+            ("1".into(), None)
+        ]
+    );
+
+    // Referencing a column that does not exist is refused with the field path.
+    apply(&client, &[pipeline("q", &ns, &shard, orders(json!([])),
+        json!([{"name": "big", "domain": "RevenueAttribution", "source": "orders", "aggregate": {"kind": "Count"},
+                "filters": [{"column": "nosuch", "operator": "Equals", "value": {"string": "x"}}]}]))]).await?;
+    let q = wait_pipeline(&client, &ns, "q", "Stalled", Duration::from_secs(60), |p| {
+        is(p, "Stalled", "True")
+    })
+    .await?;
+    let ready = condition(&q, "Ready").unwrap();
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.contains("spec.metrics[0].filters[0].column"),
+        "{}",
+        ready.message
+    );
+
+    delete_tenants(&client, &[tenant]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pipeline_outside_a_tenant_namespace_is_stalled() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-orphan"), &[]).await?;
+    let ns = unique_name("plain");
+    apply(
+        &client,
+        &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})],
+    )
+    .await?;
+    apply(
+        &client,
+        &[pipeline(
+            "p",
+            &ns,
+            &operator.shard,
+            orders(json!([])),
+            revenue(),
+        )],
+    )
+    .await?;
+    let p = wait_pipeline(&client, &ns, "p", "Stalled", Duration::from_secs(60), |p| {
+        is(p, "Stalled", "True")
+    })
+    .await?;
+    assert_eq!(condition(&p, "Ready").unwrap().reason, "NoTenant");
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(&ns, &Default::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pipeline_reads_only_its_own_tenants_tables() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-iso"), &[]).await?;
+    let (tenant_a, ns_a) = ready_tenant(&client, &operator, "iso-a").await?;
+    let (tenant_b, ns_b) = ready_tenant(&client, &operator, "iso-b").await?;
+    let shard = operator.shard.clone();
+    for ns in [&ns_a, &ns_b] {
+        apply(
+            &client,
+            &[pipeline("p", ns, &shard, orders(json!([])), revenue())],
+        )
+        .await?;
+    }
+    for ns in [&ns_a, &ns_b] {
+        wait_pipeline(&client, ns, "p", "Ready", Duration::from_secs(90), |p| {
+            is(p, "Ready", "True")
+        })
+        .await?;
+    }
+    let (a, _) = tenant_session(&testbed, &client, &ns_a).await?;
+    let (b, schema_b) = tenant_session(&testbed, &client, &ns_b).await?;
+    a.batch_execute("INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 1)")
+        .await?;
+    b.batch_execute(
+        "INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 1000)",
+    )
+    .await?;
+    // A's credentials cannot read B's source table or its result table.
+    let err = a
+        .query(&format!("SELECT * FROM \"{schema_b}\".orders"), &[])
+        .await
+        .expect_err("A reads B's table");
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    let b_pipeline = refresh_now(&client, &ns_b, "p").await?;
+    let result_b = b_pipeline.status.unwrap().result_table.unwrap();
+    let err = a
+        .query(&format!("SELECT * FROM {result_b}"), &[])
+        .await
+        .expect_err("A reads B's results");
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    // Each pipeline sees only its own tenant's rows.
+    let a_pipeline = refresh_now(&client, &ns_a, "p").await?;
+    let value = |p: &MetricPipeline| p.status.as_ref().unwrap().metrics[0].value;
+    assert_eq!(value(&a_pipeline), Some(1.0));
+    let b_pipeline = refresh_now(&client, &ns_b, "p").await?;
+    assert_eq!(value(&b_pipeline), Some(1000.0));
+    // No field of the spec can name another schema: identifiers are plain names.
+    let api: Api<MetricPipeline> = Api::namespaced(client.clone(), &ns_a);
+    let hostile = pipeline(
+        "x",
+        &ns_a,
+        &shard,
+        json!([{"name": format!("{schema_b}.orders"), "partnerColumn": "partner_id", "timeColumn": "opened_at",
+                "columns": [{"name": "partner_id", "type": "Text"}, {"name": "opened_at", "type": "Timestamp"}]}]),
+        json!([{"name": "n", "domain": "RevenueAttribution", "source": format!("{schema_b}.orders"), "aggregate": {"kind": "Count"}}]),
+    );
+    let err = api
+        .patch(
+            "x",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&hostile),
+        )
+        .await
+        .expect_err("a qualified name is refused");
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 422),
+        "{err}"
+    );
+    delete_tenants(&client, &[tenant_a, tenant_b]).await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Both example pipelines over a realistic data set written with the
+//! tenant's own credentials: status, the result table and `/metrics` carry
+//! the values computed independently here, in Rust.
+
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams};
+use partnerplane::api::MetricPipeline;
+use partnerplane_e2e::metric_oracle::{self, Row};
+use partnerplane_e2e::pipelines::apply;
+use partnerplane_e2e::pipelines::{self, example, is, refresh_now, tenant_session, wait_pipeline};
+use partnerplane_e2e::tenants::delete_tenants;
+use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition};
+use serde_json::json;
+
+const EXAMPLES: [(&str, &str); 2] = [
+    (
+        "examples/manufacturing-service-network/service-delivery-pipeline.yaml",
+        "northwind",
+    ),
+    (
+        "examples/logistics-reseller-network/reseller-scorecard-pipeline.yaml",
+        "contoso",
+    ),
+];
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn example_pipelines_report_the_values_computed_from_the_rows() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-values"), &[]).await?;
+    let mut tenants = vec![];
+    for (index, (path, short)) in EXAMPLES.iter().enumerate() {
+        let tenant = unique_name(short);
+        let namespace = format!("ptn-{tenant}");
+        apply(
+            &client,
+            &[operator.tenant(
+                &tenant,
+                json!({"displayName": short, "tier": "Standard", "secrets": {"store": "Both"}}),
+            )],
+        )
+        .await?;
+        tenants.push(tenant.clone());
+        wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+
+        let manifest = example(path, &namespace, &operator)?;
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
+        let spec: partnerplane::api::MetricPipelineSpec =
+            serde_json::from_value(manifest["spec"].clone())?;
+        apply(&client, &[manifest]).await?;
+        // The first refresh makes the source tables; rows come afterwards,
+        // as a tenant's systems would write them.
+        let first = wait_pipeline(
+            &client,
+            &namespace,
+            &name,
+            "Ready",
+            Duration::from_secs(90),
+            |p| is(p, "Ready", "True"),
+        )
+        .await?;
+        let status = first.status.clone().unwrap();
+        assert_eq!(
+            status.source_tables.len(),
+            spec.sources.len(),
+            "{:?}",
+            status.source_tables
+        );
+
+        let (session, _schema) = tenant_session(&testbed, &client, &namespace).await?;
+        let at = now();
+        let mut data: Vec<(String, Vec<Row>)> = vec![];
+        for (i, source) in spec.sources.iter().enumerate() {
+            let rows = pipelines::generate(source, 600, 120, at, (index * 10 + i) as u64 + 7);
+            pipelines::insert(&session, source, &rows).await?;
+            data.push((source.name.as_str().to_string(), rows));
+        }
+        let refreshed = refresh_now(&client, &namespace, &name).await?;
+        let status = refreshed.status.clone().unwrap();
+        let results =
+            pipelines::latest_results(&session, status.result_table.as_deref().unwrap()).await?;
+        let exported = operator.metrics().await?;
+        let when = now();
+        for metric in &spec.metrics {
+            let source = spec
+                .sources
+                .iter()
+                .find(|s| s.name == metric.source)
+                .unwrap();
+            let rows = &data
+                .iter()
+                .find(|(n, _)| n == source.name.as_str())
+                .unwrap()
+                .1;
+            let expected = metric_oracle::evaluate(
+                metric,
+                source.partner_column.as_str(),
+                source.time_column.as_str(),
+                rows,
+                when,
+            );
+            let reported = status
+                .metrics
+                .iter()
+                .find(|m| m.name == metric.name)
+                .unwrap_or_else(|| panic!("{} missing from status", metric.name.as_str()));
+            let name_ = metric.name.as_str();
+            let (Some(want), Some(got)) = (expected.value, reported.value) else {
+                assert_eq!(
+                    expected.value.is_some(),
+                    reported.value.is_some(),
+                    "{name_}: {expected:?} vs {reported:?}"
+                );
+                continue;
+            };
+            assert!(
+                metric_oracle::agrees(metric, want, got),
+                "{name_}: expected {want}, status says {got}"
+            );
+            assert_eq!(
+                reported.objective_met,
+                metric_oracle::meets(metric, got),
+                "{name_}"
+            );
+            // The result table holds the same numbers as status.
+            let overall = results.get(&(name_.to_string(), None)).copied();
+            assert_eq!(overall, Some(got), "{name_}: result table vs status");
+            for (partner, want) in &expected.partners {
+                let got = results
+                    .get(&(name_.to_string(), Some(partner.clone())))
+                    .unwrap_or_else(|| panic!("{name_}/{partner} missing from the result table"));
+                assert!(
+                    metric_oracle::agrees(metric, *want, *got),
+                    "{name_}/{partner}: expected {want}, got {got}"
+                );
+            }
+            // Worst partners: breaching ones only, worst first, at most 10.
+            if let Some(objective) = &metric.objective {
+                let mut breaching: Vec<(&String, &f64)> = expected
+                    .partners
+                    .iter()
+                    .filter(|(_, v)| metric_oracle::meets(metric, **v) == Some(false))
+                    .collect();
+                assert!(reported.breaches.len() <= 10);
+                assert_eq!(reported.breaches.len(), breaching.len().min(10), "{name_}");
+                // Worst first; partners with equal values in name order.
+                breaching.sort_by(|a, b| {
+                    let order = a.1.total_cmp(b.1);
+                    let order =
+                        if objective.comparison == partnerplane::api::metric::Comparison::AtMost {
+                            order.reverse()
+                        } else {
+                            order
+                        };
+                    order.then_with(|| a.0.cmp(b.0))
+                });
+                let reported_order: Vec<&str> = reported
+                    .breaches
+                    .iter()
+                    .map(|b| b.partner.as_str())
+                    .collect();
+                let expected_order: Vec<&str> =
+                    breaching.iter().take(10).map(|(p, _)| p.as_str()).collect();
+                assert_eq!(
+                    reported_order, expected_order,
+                    "{name_}: worst partners first"
+                );
+            }
+            // Prometheus carries the value with bounded labels.
+            let line = exported
+                .lines()
+                .find(|l| {
+                    l.starts_with("partnerplane_metric_value{")
+                        && l.contains(&format!("metric=\"{name_}\""))
+                        && l.contains(&format!("pipeline=\"{name}\""))
+                        && l.contains(&format!("namespace=\"{namespace}\""))
+                })
+                .unwrap_or_else(|| panic!("{name_} missing from /metrics"));
+            assert!(
+                !line.contains("partner=\""),
+                "no per-partner labels: {line}"
+            );
+            let exported_value: f64 = line.rsplit(' ').next().unwrap().parse()?;
+            assert!(
+                (exported_value - got).abs() <= 1e-9 * got.abs().max(1.0),
+                "{line} vs {got}"
+            );
+        }
+        assert!(status.last_refresh_time.is_some());
+        assert!(status.objectives_met.is_some());
+
+        // Deleting the pipeline keeps the tenant's rows (sourceDeletionPolicy Retain).
+        Api::<MetricPipeline>::namespaced(client.clone(), &namespace)
+            .delete(&name, &DeleteParams::default())
+            .await?;
+        partnerplane_e2e::wait_until("the pipeline to go", Duration::from_secs(60), || {
+            let api = Api::<MetricPipeline>::namespaced(client.clone(), &namespace);
+            let name = name.clone();
+            async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
+        })
+        .await?;
+        let source = &spec.sources[0];
+        let kept: i64 = session
+            .query_one(
+                &format!("SELECT count(*) FROM \"{}\"", source.name.as_str()),
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(kept, 600, "source rows survive the pipeline's deletion");
+        let derived: i64 = session
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = (current_schemas(false))[1] AND c.relname LIKE '\\_pp\\_%' AND c.relkind = 'r'",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(derived, 0, "derived tables are dropped with the pipeline");
+    }
+    delete_tenants(&client, &tenants).await?;
+    Ok(())
+}

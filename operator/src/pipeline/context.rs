@@ -1,0 +1,16 @@
+//! What every pipeline reconcile shares.
+
+use std::sync::Arc;
+
+use crate::backends::postgres::Postgres;
+use crate::context::{Backoff, Context};
+
+/// The operator's shared context plus the pipeline controller's own
+/// Postgres pools — a slow refresh never holds a connection the tenant
+/// controller is waiting for — and its webhook client.
+pub struct PipelineContext {
+    pub shared: Arc<Context>,
+    pub postgres: Postgres,
+    pub webhooks: super::webhook::WebhookClient,
+    pub backoff: Backoff,
+}

@@ -1,0 +1,146 @@
+//! Delivers a pipeline's pending breach webhooks from its outbox. Each
+//! delivery is read in one short transaction, sent outside any transaction,
+//! and its outcome recorded in another, so a slow receiver never holds a
+//! database transaction open.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use tokio_postgres::IsolationLevel;
+
+use super::context::PipelineContext;
+use super::error::Error;
+use super::owner::TenantDatabase;
+use super::reconcile::{as_tenant, key_of, publish};
+use super::telemetry::OutcomeLabels;
+use super::{outbox, webhook};
+use crate::api::pipeline::MetricPipeline;
+use crate::naming::TenantNames;
+use kube::runtime::events::EventType;
+
+/// Deliveries sent per reconcile; the rest wait for the next one.
+const BATCH: i64 = 20;
+
+/// Sends what is due; returns how long until the next attempt, if any is
+/// pending. Failures are logged and retried later, never fatal to the
+/// reconcile: the refresh has already been committed.
+pub async fn deliver_due(
+    pipeline: &MetricPipeline,
+    db: &TenantDatabase,
+    ctx: &PipelineContext,
+) -> Option<Duration> {
+    match deliver(pipeline, db, ctx).await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::warn!(reason = e.reason(), "webhook deliveries: {}", e.message());
+            Some(Duration::from_secs(30))
+        }
+    }
+}
+
+async fn deliver(
+    pipeline: &MetricPipeline,
+    db: &TenantDatabase,
+    ctx: &PipelineContext,
+) -> Result<Option<Duration>, Error> {
+    if !pipeline.spec.on_breach.iter().any(|a| a.url.is_some()) {
+        return Ok(None);
+    }
+    let key = key_of(pipeline);
+    let mut conn = ctx.postgres.session(&db.backend).await?;
+    let pending = {
+        let tx = as_tenant(&mut conn, db, IsolationLevel::ReadCommitted).await?;
+        let due = outbox::due(&tx, &db.schema, &key, Timestamp::now(), BATCH).await?;
+        tx.commit().await?;
+        due
+    };
+    for delivery in &pending {
+        let action = pipeline
+            .spec
+            .on_breach
+            .iter()
+            .find(|a| a.url.as_deref() == Some(delivery.url.as_str()));
+        let outcome = match action.and_then(|a| a.signing_secret.as_ref()) {
+            None => Err(webhook::DeliveryFailure {
+                retryable: false,
+                message: "the webhook is no longer in the pipeline's spec".into(),
+            }),
+            Some(secret_ref) => {
+                let namespace = pipeline.namespace().unwrap_or_default();
+                let names = TenantNames::new(&db.tenant, Some(&namespace));
+                match crate::key_ref::read(&ctx.shared, &namespace, &names, secret_ref).await {
+                    Ok(Some(secret)) => {
+                        ctx.webhooks
+                            .deliver(delivery, secret.as_ref(), Timestamp::now())
+                            .await
+                    }
+                    Ok(None) => Err(webhook::DeliveryFailure {
+                        retryable: true,
+                        message: format!(
+                            "the signing secret {} does not exist or is empty",
+                            crate::key_ref::describe(&ctx.shared, &namespace, &names, secret_ref)
+                        ),
+                    }),
+                    Err(e) => Err(webhook::DeliveryFailure {
+                        retryable: true,
+                        message: format!("the signing secret cannot be read: {e}"),
+                    }),
+                }
+            }
+        };
+        let tx = as_tenant(&mut conn, db, IsolationLevel::ReadCommitted).await?;
+        let label = match &outcome {
+            Ok(()) => {
+                outbox::mark_delivered(&tx, &db.schema, &key, &delivery.id, Timestamp::now())
+                    .await?;
+                "delivered"
+            }
+            Err(failure) => {
+                let gave_up = outbox::mark_failed(
+                    &tx,
+                    &db.schema,
+                    &key,
+                    delivery,
+                    &failure.message,
+                    failure.retryable,
+                    Timestamp::now(),
+                )
+                .await?;
+                if gave_up {
+                    publish(
+                        pipeline,
+                        ctx,
+                        EventType::Warning,
+                        "WebhookDeliveryFailed",
+                        "Deliver",
+                        format!(
+                            "gave up delivering {} to {}: {}",
+                            delivery.id, delivery.url, failure.message
+                        ),
+                    )
+                    .await;
+                    "abandoned"
+                } else {
+                    "failed"
+                }
+            }
+        };
+        tx.commit().await?;
+        ctx.shared
+            .metrics
+            .pipelines
+            .deliveries
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
+    }
+    let tx = as_tenant(&mut conn, db, IsolationLevel::ReadCommitted).await?;
+    let next = outbox::next_attempt(&tx, &db.schema, &key).await?;
+    tx.commit().await?;
+    Ok(next.map(|at| {
+        let wait = at.duration_since(Timestamp::now());
+        Duration::try_from(wait)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1))
+    }))
+}

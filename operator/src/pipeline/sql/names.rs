@@ -1,0 +1,95 @@
+//! Names of a pipeline's derived objects in the tenant schema. Every one
+//! starts with `_pp_` and a hash of the pipeline's namespace and name, so
+//! two pipelines never collide and a recreated pipeline finds its tables.
+
+use sha2::{Digest, Sha256};
+
+use super::PipelineKey;
+
+/// Prefix of every derived object.
+pub const DERIVED_PREFIX: &str = "_pp_";
+/// Column every source table carries: the transaction that last wrote the row.
+pub const XID_COLUMN: &str = "_pp_xid";
+
+fn hash8(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    hex::encode(&digest[..4])
+}
+
+/// Derived object names of one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedNames {
+    /// `_pp_<hash>`, the stem of every name below.
+    pub stem: String,
+    /// Partial aggregates per (metric, partner, dimensions, bucket).
+    pub rollup: String,
+    /// Per-partner values per refresh, for BI tools and copilots.
+    pub results: String,
+    /// The refresh watermark and each metric's definition.
+    pub state: String,
+    /// Open breaches.
+    pub breaches: String,
+    /// Webhook deliveries.
+    pub outbox: String,
+}
+
+impl DerivedNames {
+    pub fn new(key: &PipelineKey) -> Self {
+        let stem = format!(
+            "{DERIVED_PREFIX}{}",
+            hash8(&format!("{}/{}", key.namespace, key.name))
+        );
+        Self {
+            rollup: format!("{stem}_rollup"),
+            results: format!("{stem}_results"),
+            state: format!("{stem}_state"),
+            breaches: format!("{stem}_breaches"),
+            outbox: format!("{stem}_outbox"),
+            stem,
+        }
+    }
+
+    /// The change log of one source table (rows updated or deleted).
+    pub fn changes(&self, source: &str) -> String {
+        format!("{}_chg_{}", self.stem, hash8(source))
+    }
+
+    /// The trigger function capturing changes of one source table.
+    pub fn capture(&self, source: &str) -> String {
+        format!("{}_cap_{}", self.stem, hash8(source))
+    }
+}
+
+/// The comment that marks a table as a source of the pipeline `namespace/name`.
+pub fn source_marker(key: &PipelineKey) -> String {
+    format!("partnerplane source of {}/{}", key.namespace, key.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> PipelineKey {
+        PipelineKey {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: "u".into(),
+        }
+    }
+
+    #[test]
+    fn names_fit_postgres_and_differ_per_pipeline() {
+        let (a, b) = (DerivedNames::new(&key("a")), DerivedNames::new(&key("b")));
+        assert_ne!(a.stem, b.stem);
+        let long = "s".repeat(63);
+        let (changes, capture) = (a.changes(&long), a.capture(&long));
+        for name in [
+            a.rollup, a.results, a.state, a.breaches, a.outbox, changes, capture,
+        ] {
+            assert!(
+                name.len() <= 63 && name.starts_with(DERIVED_PREFIX),
+                "{name}"
+            );
+        }
+    }
+}

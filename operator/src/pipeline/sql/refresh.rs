@@ -1,0 +1,608 @@
+//! The incremental refresh. The watermark is a `pg_snapshot`, not a
+//! maximum id: a row is new when its writing transaction was not visible to
+//! the previous refresh's snapshot, so a transaction that commits late —
+//! after a later one, or while a refresh runs — is counted exactly once.
+//!
+//! Per refresh, for each metric: a changed definition (or no watermark)
+//! rebuilds its partial aggregates from the whole source; otherwise the
+//! (partner, bucket) keys of updated and deleted rows are recomputed from
+//! raw rows, and new rows in every other key are merged by addition. The
+//! work is proportional to what changed, not to the history. A few random
+//! keys are re-derived from raw rows each time as a check; a difference is
+//! repaired and reported.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Transaction;
+
+use super::compile::{self, Compiled};
+use super::names::{DerivedNames, XID_COLUMN};
+use super::{PipelineKey, SqlError, Target};
+use crate::api::metric::{Comparison, Objective};
+use crate::api::pipeline::MetricPipelineSpec;
+use crate::naming::quote_ident;
+use crate::pipeline::forecast::Point;
+
+/// Changed rows of one source above which its metrics are rebuilt rather
+/// than maintained key by key.
+const FULL_REBUILD_CHANGES: i64 = 200_000;
+/// Result rows are kept this long (the latest refresh's always).
+const RESULT_RETENTION: &str = "30 days";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshPath {
+    Unchanged,
+    Incremental,
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerValue {
+    pub partner: String,
+    pub value: f64,
+    pub samples: i64,
+    pub objective_met: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricResult {
+    pub name: String,
+    pub value: Option<f64>,
+    pub objective_met: Option<bool>,
+    pub samples: i64,
+    pub partners: Vec<PartnerValue>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshReport {
+    pub metrics: Vec<MetricResult>,
+    pub path: RefreshPath,
+    pub changed_rows: i64,
+    pub sampled_buckets: i64,
+    pub mismatched_buckets: i64,
+    /// Schema-qualified result table.
+    pub result_table: String,
+}
+
+/// Whether `value` meets `objective`.
+pub fn meets(objective: &Objective, value: f64) -> bool {
+    match objective.comparison {
+        Comparison::AtLeast => value >= objective.target,
+        Comparison::AtMost => value <= objective.target,
+    }
+}
+
+struct Tables {
+    schema: String,
+    rollup: String,
+    results: String,
+    state: String,
+}
+
+impl Tables {
+    fn new(target: &Target, names: &DerivedNames) -> Self {
+        let q = |t: &str| format!("{}.{}", quote_ident(&target.schema), quote_ident(t));
+        Self {
+            schema: quote_ident(&target.schema),
+            rollup: q(&names.rollup),
+            results: q(&names.results),
+            state: q(&names.state),
+        }
+    }
+
+    fn source(&self, name: &str) -> String {
+        format!("{}.{}", self.schema, quote_ident(name))
+    }
+}
+
+/// A snapshot as Postgres prints it (`xmin:xmax:xip,…`), checked before it
+/// is embedded in a statement.
+fn snapshot_literal(text: &str) -> Option<String> {
+    (!text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ':' || c == ','))
+    .then(|| format!("'{text}'::pg_snapshot"))
+}
+
+async fn read_state(
+    tx: &Transaction<'_>,
+    t: &Tables,
+) -> Result<BTreeMap<String, String>, SqlError> {
+    Ok(tx
+        .query(&format!("SELECT key, value FROM {}", t.state), &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+async fn write_state(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    key: &str,
+    value: &str,
+) -> Result<(), SqlError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+             WHERE {}.value IS DISTINCT FROM excluded.value",
+            t.state, t.state
+        ),
+        &[&key, &value],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Keys (partner, bucket) of rows updated or deleted since `prev`, with the
+/// time range to read them back from, as a subquery over the change table.
+fn changed_keys(c: &Compiled, changes: &str, prev: &str) -> String {
+    let bucket = format!(
+        "date_trunc('{}', at AT TIME ZONE {})",
+        match c.grain {
+            compile::Grain::Hour => "hour",
+            compile::Grain::Day => "day",
+        },
+        compile::string_literal(c.time_zone_name())
+    );
+    let (lo, hi) = c.bucket_range("_pp_bucket");
+    format!(
+        "SELECT _pp_partner, _pp_bucket, {lo} AS _pp_lo, {hi} AS _pp_hi FROM (\
+         SELECT DISTINCT partner AS _pp_partner, {bucket} AS _pp_bucket FROM {changes} \
+         WHERE partner IS NOT NULL AND at IS NOT NULL AND NOT pg_visible_in_snapshot(xid, {prev})) AS _pp_changed"
+    )
+}
+
+/// Refreshes every metric; returns the values over the current windows.
+pub async fn refresh(
+    tx: &Transaction<'_>,
+    target: &Target,
+    key: &PipelineKey,
+    spec: &MetricPipelineSpec,
+    sample_keys: usize,
+) -> Result<RefreshReport, SqlError> {
+    let names = DerivedNames::new(key);
+    let t = Tables::new(target, &names);
+    let compiled = compile::compile(spec)?;
+    let state = read_state(tx, &t).await?;
+    let current: String = tx
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await?
+        .get(0);
+    let prev = state.get("snapshot").and_then(|s| snapshot_literal(s));
+
+    // What changed per source since the previous refresh.
+    let mut changes: BTreeMap<&str, (i64, i64, bool)> = BTreeMap::new();
+    if let Some(prev) = &prev {
+        for source in &spec.sources {
+            let name = source.name.as_str();
+            let table = t.source(name);
+            let log = format!("{}.{}", t.schema, quote_ident(&names.changes(name)));
+            let row = tx
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT count(*) FROM {table} WHERE {XID_COLUMN} >= pg_snapshot_xmin({prev}) \
+                           AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})), \
+                         (SELECT count(*) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev})), \
+                         (SELECT coalesce(bool_or(truncated), false) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev}))"
+                    ),
+                    &[],
+                )
+                .await?;
+            changes.insert(name, (row.get(0), row.get(1), row.get(2)));
+        }
+    }
+
+    let mut path = RefreshPath::Unchanged;
+    let changed_rows: i64 = changes
+        .values()
+        .map(|(inserted, logged, _)| inserted + logged)
+        .sum();
+    for c in &compiled {
+        let table = t.source(&c.source);
+        let fingerprint = c.fingerprint(&table);
+        let known = state.get(&format!("def:{}", c.name)) == Some(&fingerprint);
+        let (inserted, logged, truncated) =
+            changes.get(c.source.as_str()).copied().unwrap_or_default();
+        let full =
+            prev.is_none() || !known || truncated || inserted + logged > FULL_REBUILD_CHANGES;
+        let name = compile::string_literal(&c.name);
+        if full {
+            tx.execute(
+                &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
+                &[],
+            )
+            .await?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} ({}) {}",
+                    t.rollup,
+                    compile::ROLLUP_COLUMNS,
+                    c.rollup_select(&table, "")
+                ),
+                &[],
+            )
+            .await?;
+            write_state(tx, &t, &format!("def:{}", c.name), &fingerprint).await?;
+            path = RefreshPath::Full;
+            continue;
+        }
+        let prev = prev.as_deref().unwrap_or_default();
+        let log = format!("{}.{}", t.schema, quote_ident(&names.changes(&c.source)));
+        if logged > 0 {
+            let keys = changed_keys(c, &log, prev);
+            tx.execute(
+                &format!(
+                    "DELETE FROM {r} USING ({keys}) AS k WHERE {r}.metric = {name} \
+                     AND {r}.partner = k._pp_partner AND {r}.bucket = k._pp_bucket",
+                    r = t.rollup
+                ),
+                &[],
+            )
+            .await?;
+            let from = format!(
+                "{table} JOIN ({keys}) AS k ON {} AND {time} >= k._pp_lo AND {time} < k._pp_hi",
+                c.partner_equals("k._pp_partner"),
+                time = c.time_of()
+            );
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} ({}) {}",
+                    t.rollup,
+                    compile::ROLLUP_COLUMNS,
+                    c.rollup_select(&from, &format!("{} = k._pp_bucket", c.bucket_of()))
+                ),
+                &[],
+            )
+            .await?;
+        }
+        if inserted > 0 {
+            let mut fresh = format!(
+                "{XID_COLUMN} >= pg_snapshot_xmin({prev}) AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})"
+            );
+            if logged > 0 {
+                // Rows in recomputed keys were counted from raw rows above.
+                fresh.push_str(&format!(
+                    " AND NOT EXISTS (SELECT 1 FROM ({}) AS k WHERE k._pp_partner = {} AND k._pp_bucket = {})",
+                    changed_keys(c, &log, prev),
+                    c.partner_of(),
+                    c.bucket_of()
+                ));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO {r} ({cols}) {select} ON CONFLICT (metric, partner, dims, bucket, k, v) DO UPDATE SET \
+                     n = {r}.n + excluded.n, m = {r}.m + excluded.m, s = {r}.s + excluded.s, \
+                     lo = least({r}.lo, excluded.lo), hi = greatest({r}.hi, excluded.hi)",
+                    r = t.rollup,
+                    cols = compile::ROLLUP_COLUMNS,
+                    select = c.rollup_select(&table, &fresh)
+                ),
+                &[],
+            )
+            .await?;
+        }
+        if inserted + logged > 0 && path == RefreshPath::Unchanged {
+            path = RefreshPath::Incremental;
+        }
+    }
+    // Drop partial aggregates of metrics no longer in the spec.
+    let kept: Vec<String> = compiled.iter().map(|c| c.name.clone()).collect();
+    let stale: Vec<String> = state
+        .keys()
+        .filter_map(|k| k.strip_prefix("def:"))
+        .filter(|m| !kept.iter().any(|k| k == m))
+        .map(str::to_string)
+        .collect();
+    for metric in &stale {
+        tx.execute(
+            &format!("DELETE FROM {} WHERE metric = $1", t.rollup),
+            &[metric],
+        )
+        .await?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE key = $1", t.state),
+            &[&format!("def:{metric}")],
+        )
+        .await?;
+        path = RefreshPath::Full;
+    }
+    if !changes.values().all(|(_, logged, _)| *logged == 0) || prev.is_none() {
+        for source in &spec.sources {
+            // Every logged change this snapshot sees has been applied.
+            tx.execute(
+                &format!(
+                    "DELETE FROM {}.{}",
+                    t.schema,
+                    quote_ident(&names.changes(source.name.as_str()))
+                ),
+                &[],
+            )
+            .await?;
+        }
+    }
+
+    let (sampled, mismatched) = if path == RefreshPath::Unchanged {
+        (0, 0)
+    } else {
+        verify_sample(tx, &t, &compiled, sample_keys).await?
+    };
+    write_state(tx, &t, "snapshot", &current).await?;
+
+    // Results: recomputed when anything changed or a window moved on.
+    let results_key = results_fingerprint(&compiled, spec);
+    let anchor: String = tx
+        .query_one(
+            "SELECT to_char(date_trunc('hour', now() AT TIME ZONE $1), 'YYYY-MM-DD\"T\"HH24')",
+            &[&spec.time_zone],
+        )
+        .await?
+        .get(0);
+    let results_state = format!("{results_key}@{anchor}");
+    let reuse = path == RefreshPath::Unchanged
+        && mismatched == 0
+        && state.get("results") == Some(&results_state);
+    if !reuse {
+        for c in &compiled {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (refreshed_at, metric, partner, dimensions, value, samples) \
+                     SELECT now(), {}, * FROM ({}) AS computed",
+                    t.results,
+                    compile::string_literal(&c.name),
+                    c.results_select(&t.rollup)
+                ),
+                &[],
+            )
+            .await?;
+        }
+        tx.execute(
+            &format!(
+                "DELETE FROM {r} WHERE refreshed_at < now() - interval '{RESULT_RETENTION}' \
+                 AND refreshed_at < (SELECT max(refreshed_at) FROM {r})",
+                r = t.results
+            ),
+            &[],
+        )
+        .await?;
+        write_state(tx, &t, "results", &results_state).await?;
+    }
+    let metrics = latest_results(tx, &t, spec).await?;
+    Ok(RefreshReport {
+        metrics,
+        path,
+        changed_rows,
+        sampled_buckets: sampled,
+        mismatched_buckets: mismatched,
+        result_table: t.results.clone(),
+    })
+}
+
+fn results_fingerprint(compiled: &[Compiled], spec: &MetricPipelineSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for c in compiled {
+        hasher.update(c.results_select("r").as_bytes());
+    }
+    hasher.update(spec.time_zone.as_bytes());
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// Re-derives `count` random (metric, partner, bucket) keys from raw rows;
+/// a key that differs is replaced. Returns (sampled, mismatched).
+async fn verify_sample(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    compiled: &[Compiled],
+    count: usize,
+) -> Result<(i64, i64), SqlError> {
+    if count == 0 {
+        return Ok((0, 0));
+    }
+    let picks = tx
+        .query(
+            &format!(
+                "SELECT metric, partner, bucket::text FROM {} TABLESAMPLE SYSTEM (10) ORDER BY random() LIMIT $1",
+                t.rollup
+            ),
+            &[&(count as i64)],
+        )
+        .await?;
+    let picks = if picks.is_empty() {
+        tx.query(
+            &format!(
+                "SELECT metric, partner, bucket::text FROM {} ORDER BY random() LIMIT $1",
+                t.rollup
+            ),
+            &[&(count as i64)],
+        )
+        .await?
+    } else {
+        picks
+    };
+    let mut mismatched = 0;
+    for pick in &picks {
+        let (metric, partner, bucket): (String, String, String) =
+            (pick.get(0), pick.get(1), pick.get(2));
+        let Some(c) = compiled.iter().find(|c| c.name == metric) else {
+            continue;
+        };
+        let table = t.source(&c.source);
+        let bucket_sql = "$2::text::timestamp";
+        let (lo, hi) = c.bucket_range(bucket_sql);
+        let extra = format!(
+            "{} AND {time} >= {lo} AND {time} < {hi} AND {} = {bucket_sql}",
+            c.partner_equals("$1"),
+            c.bucket_of(),
+            time = c.time_of()
+        );
+        let canonical = "SELECT dims::text, k, v, n, m, s::text, lo::text, hi::text FROM";
+        let order = "ORDER BY 1, 2, 3";
+        let raw = tx
+            .query(
+                &format!(
+                    "{canonical} (SELECT * FROM ({}) AS x(metric, partner, dims, bucket, k, v, n, m, s, lo, hi)) AS y {order}",
+                    c.rollup_select(&table, &extra)
+                ),
+                &[&partner, &bucket],
+            )
+            .await?;
+        let kept = tx
+            .query(
+                &format!(
+                    "{canonical} {} WHERE metric = $1 AND partner = $2 AND bucket = $3::text::timestamp {order}",
+                    t.rollup
+                ),
+                &[&metric, &partner, &bucket],
+            )
+            .await?;
+        let rows = |rows: &[tokio_postgres::Row]| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{:?}|{}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+                        r.get::<_, String>(0),
+                        r.get::<_, i64>(1),
+                        r.get::<_, Option<String>>(2),
+                        r.get::<_, i64>(3),
+                        r.get::<_, i64>(4),
+                        r.get::<_, Option<String>>(5),
+                        r.get::<_, Option<String>>(6),
+                        r.get::<_, Option<String>>(7)
+                    )
+                })
+                .collect()
+        };
+        if rows(&raw) != rows(&kept) {
+            mismatched += 1;
+            tx.execute(
+                &format!("DELETE FROM {} WHERE metric = $1 AND partner = $2 AND bucket = $3::text::timestamp", t.rollup),
+                &[&metric, &partner, &bucket],
+            )
+            .await?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} ({}) {}",
+                    t.rollup,
+                    compile::ROLLUP_COLUMNS,
+                    c.rollup_select(&table, &extra)
+                ),
+                &[&partner, &bucket],
+            )
+            .await?;
+        }
+    }
+    Ok((picks.len() as i64, mismatched))
+}
+
+/// The latest refresh's values, with objectives judged.
+async fn latest_results(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    spec: &MetricPipelineSpec,
+) -> Result<Vec<MetricResult>, SqlError> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT metric, partner, value, samples FROM {r} \
+                 WHERE refreshed_at = (SELECT max(refreshed_at) FROM {r}) AND dimensions = '{{}}'::jsonb \
+                 ORDER BY metric, partner NULLS FIRST",
+                r = t.results
+            ),
+            &[],
+        )
+        .await?;
+    let mut out = vec![];
+    for metric in &spec.metrics {
+        let name = metric.name.as_str();
+        let judge = |v: Option<f64>| Some(meets(metric.objective.as_ref()?, v?));
+        let mut result = MetricResult {
+            name: name.to_string(),
+            value: None,
+            objective_met: None,
+            samples: 0,
+            partners: vec![],
+        };
+        for row in rows.iter().filter(|r| r.get::<_, String>(0) == name) {
+            let (partner, value, samples): (Option<String>, Option<f64>, i64) =
+                (row.get(1), row.get(2), row.get(3));
+            match partner {
+                None => {
+                    result.value = value;
+                    result.samples = samples;
+                    result.objective_met = judge(value);
+                }
+                Some(partner) => {
+                    if let Some(value) = value {
+                        result.partners.push(PartnerValue {
+                            partner,
+                            value,
+                            samples,
+                            objective_met: judge(Some(value)),
+                        });
+                    }
+                }
+            }
+        }
+        out.push(result);
+    }
+    Ok(out)
+}
+
+/// Each partner's daily values of `metric` over the last `history_days`
+/// days, from the partial aggregates.
+pub async fn daily_values(
+    tx: &Transaction<'_>,
+    target: &Target,
+    key: &PipelineKey,
+    spec: &MetricPipelineSpec,
+    metric: &str,
+    history_days: i32,
+) -> Result<Vec<(String, Vec<Point>)>, SqlError> {
+    let names = DerivedNames::new(key);
+    let t = Tables::new(target, &names);
+    let Some(c) = compile::compile(spec)?
+        .into_iter()
+        .find(|c| c.name == metric)
+    else {
+        return Ok(vec![]);
+    };
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT partner, day, value FROM ({}) AS daily WHERE value IS NOT NULL ORDER BY partner, day",
+                c.daily_select(&t.rollup, history_days)
+            ),
+            &[],
+        )
+        .await?;
+    let mut out: Vec<(String, Vec<Point>)> = vec![];
+    for row in rows {
+        let (partner, day, value): (String, i32, f64) = (row.get(0), row.get(1), row.get(2));
+        let point = Point {
+            day: i64::from(day),
+            value,
+        };
+        match out.last_mut() {
+            Some((p, points)) if *p == partner => points.push(point),
+            _ => out.push((partner, vec![point])),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_snapshot_text_is_embedded() {
+        assert_eq!(
+            snapshot_literal("10:20:11,12"),
+            Some("'10:20:11,12'::pg_snapshot".into())
+        );
+        assert_eq!(snapshot_literal("1:2:'; drop"), None);
+        assert_eq!(snapshot_literal(""), None);
+    }
+}

@@ -1,0 +1,610 @@
+//! Source tables and their change capture, plus the pipeline's derived
+//! tables: what exists is read from the catalog, what to do about it is a
+//! pure plan, and only the plan's statements are run — a pipeline whose
+//! tables are as declared issues no DDL.
+//!
+//! Every source table carries `_pp_xid`, the transaction that last wrote
+//! the row (a default for inserts, a trigger for updates), and a trigger
+//! logs each updated or deleted row's partner and time to a change table,
+//! so a refresh finds exactly what changed since the previous one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Transaction;
+
+use super::compile::{sql_type, string_literal};
+use super::names::{DerivedNames, XID_COLUMN, source_marker};
+use super::{PipelineKey, SqlError, Target};
+use crate::api::metric::Source;
+use crate::api::pipeline::MetricPipelineSpec;
+use crate::naming::quote_ident;
+
+/// What `ensure` made sure of.
+pub struct Ensured {
+    /// Schema-qualified source tables.
+    pub source_tables: Vec<String>,
+}
+
+/// A table of the tenant schema as the catalog shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Column → Postgres type (`format_type`).
+    pub columns: BTreeMap<String, String>,
+    pub comment: Option<String>,
+}
+
+/// What exists in the tenant schema.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub tables: BTreeMap<String, Observed>,
+    pub indexes: BTreeSet<String>,
+    pub triggers: BTreeSet<String>,
+    pub functions: BTreeSet<String>,
+}
+
+/// The statements that bring the schema to the spec, and whether they
+/// change what existing rows mean (then every metric is rebuilt).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub statements: Vec<String>,
+    pub rebuild: bool,
+}
+
+fn index_names(names: &DerivedNames, source: &str) -> [String; 3] {
+    let stem = names.changes(source).replace("_chg_", "_ix_");
+    [
+        format!("{stem}_x"),
+        format!("{stem}_t"),
+        format!("{stem}_p"),
+    ]
+}
+
+fn trigger_names(names: &DerivedNames, source: &str) -> [String; 2] {
+    let stem = names.capture(source);
+    [format!("{stem}_row"), format!("{stem}_truncate")]
+}
+
+/// Plans the DDL for `spec` given `catalog` (pure).
+pub fn plan(
+    schema: &str,
+    key: &PipelineKey,
+    spec: &MetricPipelineSpec,
+    catalog: &Catalog,
+) -> Result<Plan, SqlError> {
+    let names = DerivedNames::new(key);
+    let marker = source_marker(key);
+    let s = quote_ident(schema);
+    let mut out = Plan::default();
+    let mut destructive = vec![];
+    for source in &spec.sources {
+        let table = source.name.as_str();
+        let qualified = format!("{s}.{}", quote_ident(table));
+        match catalog.tables.get(table) {
+            None => {
+                let mut columns: Vec<String> = source
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}", quote_ident(c.name.as_str()), sql_type(c.type_)))
+                    .collect();
+                columns.push(format!(
+                    "{XID_COLUMN} xid8 NOT NULL DEFAULT pg_current_xact_id()"
+                ));
+                out.statements
+                    .push(format!("CREATE TABLE {qualified} ({})", columns.join(", ")));
+                out.statements.push(format!(
+                    "COMMENT ON TABLE {qualified} IS {}",
+                    string_literal(&marker)
+                ));
+            }
+            Some(observed) if observed.comment.as_deref() == Some(marker.as_str()) => {
+                for c in &source.columns {
+                    let want = sql_type(c.type_);
+                    match observed.columns.get(c.name.as_str()) {
+                        None => out.statements.push(format!(
+                            "ALTER TABLE {qualified} ADD COLUMN {} {want}",
+                            quote_ident(c.name.as_str())
+                        )),
+                        Some(have) if have != want => {
+                            destructive.push(format!(
+                                "retype column {} of source {table} from {have} to {want}",
+                                c.name.as_str()
+                            ));
+                            out.statements.push(format!(
+                                "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {want} USING {col}::{want}",
+                                col = quote_ident(c.name.as_str())
+                            ));
+                            out.rebuild = true;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for have in observed.columns.keys() {
+                    if have != XID_COLUMN && !source.columns.iter().any(|c| c.name.as_str() == have)
+                    {
+                        destructive.push(format!("drop column {have} of source {table}"));
+                        out.statements.push(format!(
+                            "ALTER TABLE {qualified} DROP COLUMN {}",
+                            quote_ident(have)
+                        ));
+                        out.rebuild = true;
+                    }
+                }
+                if !observed.columns.contains_key(XID_COLUMN) {
+                    out.statements.push(format!(
+                        "ALTER TABLE {qualified} ADD COLUMN {XID_COLUMN} xid8 NOT NULL DEFAULT pg_current_xact_id()"
+                    ));
+                    out.rebuild = true;
+                }
+            }
+            Some(observed) => {
+                return Err(SqlError::Refused {
+                    message: format!(
+                        "table {table} already exists in the tenant schema and is not a source of this pipeline ({}); rename the source or remove the table",
+                        observed
+                            .comment
+                            .as_deref()
+                            .unwrap_or("created outside partnerplane")
+                    ),
+                });
+            }
+        }
+        capture_statements(&mut out, schema, &names, source, catalog);
+    }
+    for (table, observed) in &catalog.tables {
+        if observed.comment.as_deref() == Some(marker.as_str())
+            && !spec.sources.iter().any(|s| s.name.as_str() == table)
+        {
+            destructive.push(format!("drop source {table} and its rows"));
+            out.statements
+                .push(format!("DROP TABLE {s}.{}", quote_ident(table)));
+            out.statements.push(format!(
+                "DROP FUNCTION IF EXISTS {s}.{} CASCADE",
+                quote_ident(&names.capture(table))
+            ));
+            out.statements.push(format!(
+                "DROP TABLE IF EXISTS {s}.{}",
+                quote_ident(&names.changes(table))
+            ));
+        }
+    }
+    if !destructive.is_empty() && !spec.allow_destructive_changes {
+        return Err(SqlError::Refused {
+            message: format!(
+                "refusing to lose data: the spec would {}; restore the source as it was, or set spec.allowDestructiveChanges to true",
+                destructive.join(", ")
+            ),
+        });
+    }
+    derived_statements(&mut out, schema, &names, catalog);
+    Ok(out)
+}
+
+fn capture_statements(
+    out: &mut Plan,
+    schema: &str,
+    names: &DerivedNames,
+    source: &Source,
+    catalog: &Catalog,
+) {
+    let s = quote_ident(schema);
+    let table = source.name.as_str();
+    let qualified = format!("{s}.{}", quote_ident(table));
+    let changes = names.changes(table);
+    let function = names.capture(table);
+    if !catalog.tables.contains_key(&changes) {
+        out.statements.push(format!(
+            "CREATE TABLE {s}.{} (partner text, at timestamptz, truncated boolean NOT NULL DEFAULT false, \
+             xid xid8 NOT NULL DEFAULT pg_current_xact_id())",
+            quote_ident(&changes)
+        ));
+    }
+    if !catalog.functions.contains(&function) {
+        let partner = quote_ident(source.partner_column.as_str());
+        let time = quote_ident(source.time_column.as_str());
+        let log = format!("{s}.{}", quote_ident(&changes));
+        out.statements.push(format!(
+            "CREATE OR REPLACE FUNCTION {s}.{f}() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $capture$\n\
+             BEGIN\n\
+               IF TG_OP = 'TRUNCATE' THEN\n\
+                 INSERT INTO {log} (truncated) VALUES (true);\n\
+                 RETURN NULL;\n\
+               END IF;\n\
+               INSERT INTO {log} (partner, at) VALUES (OLD.{partner}::text, OLD.{time});\n\
+               IF TG_OP = 'UPDATE' THEN\n\
+                 NEW.{XID_COLUMN} := pg_current_xact_id();\n\
+                 RETURN NEW;\n\
+               END IF;\n\
+               RETURN OLD;\n\
+             END\n\
+             $capture$",
+            f = quote_ident(&function)
+        ));
+    }
+    let [row, truncate] = trigger_names(names, table);
+    if !catalog.triggers.contains(&row) {
+        out.statements.push(format!(
+            "CREATE TRIGGER {} BEFORE UPDATE OR DELETE ON {qualified} FOR EACH ROW EXECUTE FUNCTION {s}.{}()",
+            quote_ident(&row),
+            quote_ident(&function)
+        ));
+    }
+    if !catalog.triggers.contains(&truncate) {
+        out.statements.push(format!(
+            "CREATE TRIGGER {} AFTER TRUNCATE ON {qualified} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{}()",
+            quote_ident(&truncate),
+            quote_ident(&function)
+        ));
+    }
+    let [by_xid, by_time, by_partner] = index_names(names, table);
+    let partner = quote_ident(source.partner_column.as_str());
+    let time = quote_ident(source.time_column.as_str());
+    for (index, columns) in [
+        (by_xid, XID_COLUMN.to_string()),
+        (by_time, time.clone()),
+        (by_partner, format!("{partner}, {time}")),
+    ] {
+        if !catalog.indexes.contains(&index) {
+            out.statements.push(format!(
+                "CREATE INDEX {} ON {qualified} ({columns})",
+                quote_ident(&index)
+            ));
+        }
+    }
+}
+
+fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalog: &Catalog) {
+    let s = quote_ident(schema);
+    if !catalog.tables.contains_key(&names.rollup) {
+        let t = format!("{s}.{}", quote_ident(&names.rollup));
+        out.statements.push(format!(
+            "CREATE TABLE {t} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, bucket timestamp NOT NULL, \
+             k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric)"
+        ));
+        out.statements.push(format!(
+            "CREATE UNIQUE INDEX {} ON {t} (metric, partner, dims, bucket, k, v) NULLS NOT DISTINCT",
+            quote_ident(&format!("{}_key", names.rollup))
+        ));
+        out.statements.push(format!(
+            "CREATE INDEX {} ON {t} (metric, bucket)",
+            quote_ident(&format!("{}_window", names.rollup))
+        ));
+    }
+    if !catalog.tables.contains_key(&names.results) {
+        let t = format!("{s}.{}", quote_ident(&names.results));
+        out.statements.push(format!(
+            "CREATE TABLE {t} (refreshed_at timestamptz NOT NULL, metric text NOT NULL, partner text, \
+             dimensions jsonb NOT NULL, value float8, samples bigint NOT NULL)"
+        ));
+        out.statements.push(format!(
+            "CREATE INDEX {} ON {t} (refreshed_at, metric)",
+            quote_ident(&format!("{}_at", names.results))
+        ));
+        out.statements.push(format!(
+            "COMMENT ON TABLE {t} IS {}",
+            string_literal("each metric's value per refresh: partner NULL is over all partners, dimensions {} is not split by a groupBy column")
+        ));
+    }
+    if !catalog.tables.contains_key(&names.state) {
+        out.statements.push(format!(
+            "CREATE TABLE {s}.{} (key text PRIMARY KEY, value text NOT NULL)",
+            quote_ident(&names.state)
+        ));
+    }
+}
+
+/// Reads what exists in the tenant schema (four catalog queries).
+pub async fn read_catalog(tx: &Transaction<'_>, schema: &str) -> Result<Catalog, SqlError> {
+    let mut catalog = Catalog::default();
+    let rows = tx
+        .query(
+            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), obj_description(c.oid, 'pg_class') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            &[&schema],
+        )
+        .await?;
+    for row in rows {
+        let table: String = row.get(0);
+        let entry = catalog.tables.entry(table).or_default();
+        entry.comment = row.get(3);
+        if let (Some(column), Some(type_)) = (
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<String>>(2),
+        ) {
+            entry.columns.insert(column, type_);
+        }
+    }
+    for row in tx
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'i'",
+            &[&schema],
+        )
+        .await?
+    {
+        catalog.indexes.insert(row.get(0));
+    }
+    for row in tx
+        .query(
+            "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND NOT t.tgisinternal",
+            &[&schema],
+        )
+        .await?
+    {
+        catalog.triggers.insert(row.get(0));
+    }
+    for row in tx
+        .query(
+            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await?
+    {
+        catalog.functions.insert(row.get(0));
+    }
+    Ok(catalog)
+}
+
+/// Refuses a time zone Postgres does not know, naming the field.
+async fn check_time_zone(tx: &Transaction<'_>, zone: &str) -> Result<(), SqlError> {
+    tx.batch_execute("SAVEPOINT partnerplane_time_zone").await?;
+    match tx.query_one("SELECT now() AT TIME ZONE $1", &[&zone]).await {
+        Ok(_) => {
+            tx.batch_execute("RELEASE SAVEPOINT partnerplane_time_zone")
+                .await?;
+            Ok(())
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT partnerplane_time_zone")
+                .await?;
+            Err(SqlError::Invalid {
+                path: "spec.timeZone".into(),
+                message: format!("{zone} is not a time zone Postgres knows"),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes the source and derived tables match the spec.
+pub async fn ensure(
+    tx: &Transaction<'_>,
+    target: &Target,
+    key: &PipelineKey,
+    spec: &MetricPipelineSpec,
+) -> Result<Ensured, SqlError> {
+    check_time_zone(tx, &spec.time_zone).await?;
+    let catalog = read_catalog(tx, &target.schema).await?;
+    let plan = plan(&target.schema, key, spec, &catalog)?;
+    for statement in &plan.statements {
+        tx.batch_execute(statement).await?;
+    }
+    if plan.rebuild {
+        let names = DerivedNames::new(key);
+        tx.execute(
+            &format!(
+                "DELETE FROM {}.{}",
+                quote_ident(&target.schema),
+                quote_ident(&names.state)
+            ),
+            &[],
+        )
+        .await?;
+    }
+    Ok(Ensured {
+        source_tables: spec
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}.{}",
+                    quote_ident(&target.schema),
+                    quote_ident(s.name.as_str())
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Drops the pipeline's derived objects; source tables too when asked,
+/// otherwise they keep their rows and lose only the change capture.
+pub async fn drop_derived(
+    tx: &Transaction<'_>,
+    target: &Target,
+    key: &PipelineKey,
+    _spec: &MetricPipelineSpec,
+    drop_sources: bool,
+) -> Result<(), SqlError> {
+    let names = DerivedNames::new(key);
+    let marker = source_marker(key);
+    let catalog = read_catalog(tx, &target.schema).await?;
+    let s = quote_ident(&target.schema);
+    let ours = |name: &str| name.starts_with(&format!("{}_", names.stem));
+    let mut statements = vec![];
+    for function in catalog.functions.iter().filter(|f| ours(f)) {
+        statements.push(format!(
+            "DROP FUNCTION IF EXISTS {s}.{}() CASCADE",
+            quote_ident(function)
+        ));
+    }
+    for (table, observed) in &catalog.tables {
+        if ours(table) || (drop_sources && observed.comment.as_deref() == Some(marker.as_str())) {
+            statements.push(format!(
+                "DROP TABLE IF EXISTS {s}.{} CASCADE",
+                quote_ident(table)
+            ));
+        } else if observed.comment.as_deref() == Some(marker.as_str()) {
+            for index in index_names(&names, table) {
+                statements.push(format!("DROP INDEX IF EXISTS {s}.{}", quote_ident(&index)));
+            }
+        }
+    }
+    for statement in statements {
+        tx.batch_execute(&statement).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PipelineKey {
+        PipelineKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        }
+    }
+
+    fn spec(extra_columns: &str, allow: bool) -> MetricPipelineSpec {
+        serde_yaml::from_str(&format!(
+            r#"
+allowDestructiveChanges: {allow}
+sources:
+  - name: orders
+    partnerColumn: partner_id
+    timeColumn: opened_at
+    columns:
+      - {{name: partner_id, type: Text}}
+      - {{name: opened_at, type: Timestamp}}
+{extra_columns}
+metrics:
+  - {{name: n, domain: ServiceDelivery, source: orders, aggregate: {{kind: Count}}}}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn applied(spec: &MetricPipelineSpec) -> Catalog {
+        // What the schema looks like after the plan for `spec` ran.
+        let names = DerivedNames::new(&key());
+        let mut catalog = Catalog::default();
+        for source in &spec.sources {
+            let mut columns: BTreeMap<String, String> = source
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str().to_string(), sql_type(c.type_).to_string()))
+                .collect();
+            columns.insert(XID_COLUMN.into(), "xid8".into());
+            catalog.tables.insert(
+                source.name.as_str().into(),
+                Observed {
+                    columns,
+                    comment: Some(source_marker(&key())),
+                },
+            );
+            catalog
+                .tables
+                .insert(names.changes(source.name.as_str()), Observed::default());
+            catalog
+                .functions
+                .insert(names.capture(source.name.as_str()));
+            catalog
+                .triggers
+                .extend(trigger_names(&names, source.name.as_str()));
+            catalog
+                .indexes
+                .extend(index_names(&names, source.name.as_str()));
+        }
+        for t in [&names.rollup, &names.results, &names.state] {
+            catalog.tables.insert(t.clone(), Observed::default());
+        }
+        catalog
+    }
+
+    #[test]
+    fn a_new_pipeline_creates_its_sources_with_change_capture() {
+        let plan = plan("t", &key(), &spec("", false), &Catalog::default()).unwrap();
+        let text = plan.statements.join("\n");
+        assert!(text.contains("CREATE TABLE \"t\".\"orders\" (\"partner_id\" text, \"opened_at\" timestamp with time zone, _pp_xid xid8"));
+        assert!(text.contains("BEFORE UPDATE OR DELETE ON \"t\".\"orders\""));
+        assert!(text.contains("(\"partner_id\", \"opened_at\")"));
+        assert!(!plan.rebuild);
+    }
+
+    #[test]
+    fn a_schema_as_declared_needs_no_statement() {
+        let s = spec("      - {name: amount, type: Numeric}", false);
+        assert_eq!(
+            plan("t", &key(), &s, &applied(&s)).unwrap(),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn an_added_column_is_applied_in_place() {
+        let before = spec("", false);
+        let after = spec("      - {name: region, type: Text}", false);
+        let plan = plan("t", &key(), &after, &applied(&before)).unwrap();
+        assert_eq!(
+            plan.statements,
+            ["ALTER TABLE \"t\".\"orders\" ADD COLUMN \"region\" text"]
+        );
+    }
+
+    #[test]
+    fn dropping_or_retyping_a_column_is_refused_naming_it_unless_allowed() {
+        let before = spec(
+            "      - {name: region, type: Text}\n      - {name: amount, type: Numeric}",
+            false,
+        );
+        let after = spec("      - {name: amount, type: Text}", false);
+        match plan("t", &key(), &after, &applied(&before)) {
+            Err(SqlError::Refused { message }) => {
+                assert!(
+                    message.contains("drop column region")
+                        && message.contains("retype column amount"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let allowed = spec("      - {name: amount, type: Text}", true);
+        let plan = plan("t", &key(), &allowed, &applied(&before)).unwrap();
+        assert!(plan.rebuild);
+        assert!(
+            plan.statements
+                .iter()
+                .any(|s| s.contains("DROP COLUMN \"region\""))
+        );
+    }
+
+    #[test]
+    fn a_table_the_pipeline_did_not_create_is_never_taken_over() {
+        let mut catalog = Catalog::default();
+        catalog.tables.insert(
+            "orders".into(),
+            Observed {
+                columns: BTreeMap::new(),
+                comment: None,
+            },
+        );
+        assert!(matches!(
+            plan("t", &key(), &spec("", true), &catalog),
+            Err(SqlError::Refused { .. })
+        ));
+    }
+
+    #[test]
+    fn a_removed_source_is_dropped_only_when_allowed() {
+        let mut before = applied(&spec("", false));
+        before.tables.insert(
+            "visits".into(),
+            Observed {
+                columns: BTreeMap::new(),
+                comment: Some(source_marker(&key())),
+            },
+        );
+        assert!(matches!(
+            plan("t", &key(), &spec("", false), &before),
+            Err(SqlError::Refused { .. })
+        ));
+        let plan = plan("t", &key(), &spec("", true), &before).unwrap();
+        assert!(
+            plan.statements
+                .contains(&"DROP TABLE \"t\".\"visits\"".to_string())
+        );
+    }
+}
