@@ -29,20 +29,50 @@ pub fn example(path: &str, namespace: &str, operator: &Operator) -> anyhow::Resu
     Ok(doc)
 }
 
-/// A Postgres session with the tenant's own credentials, its schema first
-/// on the search path.
+/// A Postgres session with the tenant's own credentials — from the
+/// namespace's Secret, or from OpenBao for a tenant that keeps them only
+/// there — its schema first on the search path.
 pub async fn tenant_session(
     testbed: &Testbed,
     client: &kube::Client,
     namespace: &str,
 ) -> anyhow::Result<(tokio_postgres::Client, String)> {
-    let creds = tenants::credentials(client, namespace).await?;
+    let creds: std::collections::HashMap<String, String> =
+        match tenants::credentials(client, namespace).await {
+            Ok(creds) => creds.into_iter().collect(),
+            Err(_) => vault_credentials(testbed, client, namespace).await?,
+        };
     let session = tenants::pg_connect_as(testbed, &creds["PGUSER"], &creds["PGPASSWORD"]).await?;
     let schema = creds["PGSCHEMA"].clone();
     session
         .batch_execute(&format!("SET search_path = \"{schema}\""))
         .await?;
     Ok((session, schema))
+}
+
+/// The credentials a tenant keeps in OpenBao, found through the tenant
+/// that owns `namespace`.
+async fn vault_credentials(
+    testbed: &Testbed,
+    client: &kube::Client,
+    namespace: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let tenants = Api::<partnerplane::api::PartnerTenant>::all(client.clone())
+        .list(&Default::default())
+        .await?;
+    let vault = tenants
+        .items
+        .into_iter()
+        .filter_map(|t| t.status)
+        .find(|s| s.namespace.as_deref() == Some(namespace))
+        .and_then(|s| s.vault)
+        .with_context(|| format!("no tenant of {namespace} keeps credentials in OpenBao"))?;
+    Ok(vaultrs::kv2::read(
+        &testbed.bao_admin()?,
+        &vault.mount,
+        &format!("{}/credentials", vault.path),
+    )
+    .await?)
 }
 
 /// Waits until `check` accepts the pipeline, showing its conditions otherwise.

@@ -271,14 +271,4 @@ mod tests {
             1614265330
         ));
     }
-
-    #[tokio::test]
-    async fn zz_scratch_curl() {
-        let receiver = Receiver::start("whsec_YWJj", vec![]);
-        for host in ["127.0.0.1", "localhost"] {
-            let out = tokio::process::Command::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", "/work/main/e2e/.testbed/tls/ca.crt"]).arg(receiver.url().replace("/hook", "/").replace("127.0.0.1", host)).output().await.unwrap();
-            println!("curl {host}: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        }
-        println!("{:?}", receiver.received());
-    }
 }

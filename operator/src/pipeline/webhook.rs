@@ -53,6 +53,8 @@ impl DeliveryFailure {
     }
 }
 
+/// One HTTPS client for every delivery, sharing connections and the
+/// address checks of `webhooks.allow`.
 pub struct WebhookClient {
     http: reqwest::Client,
     allow: Arc<Allowlist>,
