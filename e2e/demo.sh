@@ -33,7 +33,7 @@ start() {
 
   if compgen -G "$ROOT/crds/*.yaml" >/dev/null; then
     log "installing the CRDs"
-    kubectl apply --server-side --field-manager=partnerplane.io/demo -k "$ROOT/crds/" >/dev/null
+    kubectl apply --server-side --force-conflicts --field-manager=partnerplane.io/demo -k "$ROOT/crds/" >/dev/null
     kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=partnerplane --timeout=60s >/dev/null
   fi
 

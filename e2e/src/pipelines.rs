@@ -219,8 +219,24 @@ pub fn generate(source: &Source, n: usize, days: i64, now: i64, seed: u64) -> Ve
                             Cell::Time(at + (hours * 3600.0) as i64)
                         }
                     }
-                    ColumnType::Boolean => Cell::Bool(next() < if weak { 0.7 } else { 0.96 }),
-                    ColumnType::Integer => Cell::Int(1 + (next() * 5.0) as i64 % 5),
+                    ColumnType::Boolean => {
+                        // Flags of something going wrong are rare; the rest common.
+                        let adverse = ["escalated", "warranty_claim", "disputed"].contains(&name);
+                        let p_true = match (adverse, weak) {
+                            (true, false) => 0.03,
+                            (true, true) => 0.2,
+                            (false, false) => 0.96,
+                            (false, true) => 0.75,
+                        };
+                        Cell::Bool(next() < p_true)
+                    }
+                    ColumnType::Integer => {
+                        Cell::Int(if weak { 2 } else { 3 } + (next() * 3.0) as i64 % 3)
+                    }
+                    ColumnType::Numeric if name.ends_with("_ratio") => {
+                        let base = if weak { 0.35 } else { 0.55 };
+                        Cell::Num(((base + next() * 0.4) * 100.0).round() / 100.0)
+                    }
                     ColumnType::Numeric => Cell::Num((next() * 1000.0).round() / 100.0),
                     ColumnType::Text => {
                         let words = vocabulary(name);

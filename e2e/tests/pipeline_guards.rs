@@ -281,3 +281,50 @@ async fn a_pipeline_reads_only_its_own_tenants_tables() -> anyhow::Result<()> {
     delete_tenants(&client, &[tenant_a, tenant_b]).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_delete_tenant_with_a_pipeline_goes_with_its_tables() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-teardown"), &[]).await?;
+    let tenant = unique_name("teardown");
+    let ns = format!("ptn-{tenant}");
+    apply(&client, &[operator.tenant(&tenant, json!({"displayName": "Teardown", "secrets": {"store": "Both"}, "deletionPolicy": "Delete"}))]).await?;
+    wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    apply(
+        &client,
+        &[pipeline(
+            "p",
+            &ns,
+            &operator.shard,
+            orders(json!([])),
+            revenue(),
+        )],
+    )
+    .await?;
+    wait_pipeline(&client, &ns, "p", "Ready", Duration::from_secs(90), |p| {
+        is(p, "Ready", "True")
+    })
+    .await?;
+    let (session, schema) = tenant_session(&testbed, &client, &ns).await?;
+    session
+        .batch_execute("INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 3)")
+        .await?;
+    refresh_now(&client, &ns, "p").await?;
+    drop(session);
+
+    // The tenant's teardown waits for the pipeline's own, then drops the schema.
+    delete_tenants(&client, &[tenant.clone()]).await?;
+    let admin = partnerplane_e2e::tenants::pg_admin(&testbed).await?;
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "the schema and its tables are gone");
+    let pipelines: Api<MetricPipeline> = Api::namespaced(client.clone(), &ns);
+    assert!(pipelines.get_opt("p").await?.is_none());
+    Ok(())
+}
