@@ -246,13 +246,17 @@ impl Testbed {
             .arg("NOSAVE")
             .query_async::<()>(&mut admin)
             .await;
-        crate::wait_until("Redis to stop", std::time::Duration::from_secs(20), || async {
-            Ok(redis::Client::open(self.redis_admin_url.as_str())?
-                .get_multiplexed_async_connection()
-                .await
-                .is_err()
-                .then_some(()))
-        })
+        crate::wait_until(
+            "Redis to stop",
+            std::time::Duration::from_secs(20),
+            || async {
+                Ok(redis::Client::open(self.redis_admin_url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .is_err()
+                    .then_some(()))
+            },
+        )
         .await
     }
 

@@ -314,7 +314,7 @@ async fn a_delete_tenant_with_a_pipeline_goes_with_its_tables() -> anyhow::Resul
     drop(session);
 
     // The tenant's teardown waits for the pipeline's own, then drops the schema.
-    delete_tenants(&client, &[tenant.clone()]).await?;
+    delete_tenants(&client, std::slice::from_ref(&tenant)).await?;
     let admin = partnerplane_e2e::tenants::pg_admin(&testbed).await?;
     let left: i64 = admin
         .query_one(

@@ -319,9 +319,11 @@ mod tests {
         let delays: Vec<Duration> = (0..200)
             .map(|_| jittered(Duration::from_secs(100), &mut rng))
             .collect();
-        assert!(delays
-            .iter()
-            .all(|d| *d >= Duration::from_secs(90) && *d <= Duration::from_secs(110)));
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_secs(90) && *d <= Duration::from_secs(110))
+        );
         let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
         assert!(distinct.len() > 100, "delays are spread, not equal");
     }

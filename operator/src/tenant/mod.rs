@@ -104,9 +104,16 @@ fn error_policy(tenant: Arc<PartnerTenant>, error: &Error, ctx: Arc<Context>) ->
 fn worth_reconciling(tenant: &PartnerTenant) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     tenant.metadata.generation.hash(&mut hasher);
-    tenant.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    tenant
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
     tenant.metadata.finalizers.hash(&mut hasher);
-    tenant.annotations().get(teardown::ABANDON).hash(&mut hasher);
+    tenant
+        .annotations()
+        .get(teardown::ABANDON)
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -199,12 +206,8 @@ mod tests {
             ..Default::default()
         });
         after.metadata.resource_version = Some("42".into());
-        after
-            .labels_mut()
-            .insert("team".into(), "billing".into());
-        after
-            .annotations_mut()
-            .insert("note".into(), "x".into());
+        after.labels_mut().insert("team".into(), "billing".into());
+        after.annotations_mut().insert("note".into(), "x".into());
         assert_eq!(worth_reconciling(&before), worth_reconciling(&after));
     }
 
@@ -224,7 +227,12 @@ mod tests {
             .annotations_mut()
             .insert(teardown::ABANDON.into(), "all".into());
         for changed in [spec, deleting, released, abandon] {
-            assert_ne!(worth_reconciling(&changed), before, "{:?}", changed.metadata);
+            assert_ne!(
+                worth_reconciling(&changed),
+                before,
+                "{:?}",
+                changed.metadata
+            );
         }
     }
 }

@@ -158,6 +158,11 @@ pub async fn apply(
         apply_kubernetes(&tenant, &names, &claim, origin, adopting, ctx).await,
     );
     fail::fail_point!("tenant-after-namespace");
+    let secret_was_cached = ctx
+        .stores
+        .secrets
+        .get(&credentials_secret_ref(&names))
+        .is_some();
     let (credentials, cred_origin) = load_credentials(&tenant, &names, ctx).await;
     let mut rotated = vec![];
     let database = outcome(
@@ -193,7 +198,7 @@ pub async fn apply(
             &tenant,
             &names,
             &credentials,
-            cred_origin,
+            (cred_origin, secret_was_cached),
             &mut vault_detached,
             ctx,
         )
@@ -523,10 +528,27 @@ async fn load_credentials(
     }
 }
 
+fn credentials_secret_ref(names: &TenantNames) -> ObjectRef<Secret> {
+    ObjectRef::new(naming::CREDENTIALS_SECRET).within(&names.namespace)
+}
+
+/// Whether the credentials came from the cached Secret, their only store,
+/// and the cache has lost it since: it was deleted while this reconcile ran.
+/// Writing them back would undo the loss that the reconcile its deletion
+/// starts answers with new credentials.
+fn store_lost_while_read(
+    origin: Origin,
+    only_store_is_the_secret: bool,
+    cached_when_read: bool,
+    cached_now: bool,
+) -> bool {
+    origin == Origin::Stored && only_store_is_the_secret && cached_when_read && !cached_now
+}
+
 /// The credentials Secret, from the cache or — when the cache does not show
 /// it yet — a live read, so a lagging cache never rotates passwords.
 async fn credentials_from_secret(names: &TenantNames, tenant: &str, ctx: &Context) -> StoreRead {
-    let reference = ObjectRef::new(naming::CREDENTIALS_SECRET).within(&names.namespace);
+    let reference = credentials_secret_ref(names);
     let secret = match ctx.stores.secrets.get(&reference) {
         Some(cached) => Some(cached.as_ref().clone()),
         None => match Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
@@ -667,11 +689,13 @@ async fn apply_cache(
     }
 }
 
+/// `origin` comes with whether the credentials Secret was cached when the
+/// credentials were read.
 async fn apply_secrets(
     tenant: &PartnerTenant,
     names: &TenantNames,
     credentials: &Credentials,
-    origin: Origin,
+    (origin, secret_was_cached): (Origin, bool),
     vault_detached: &mut bool,
     ctx: &Context,
 ) -> Result<String, Error> {
@@ -702,6 +726,20 @@ async fn apply_secrets(
         ));
     }
     if stores_in_kubernetes(tenant) {
+        let vault_recorded = tenant.status.as_ref().is_some_and(|s| s.vault.is_some());
+        if store_lost_while_read(
+            origin,
+            !stores_in_vault(tenant) && !vault_recorded,
+            secret_was_cached,
+            ctx.stores
+                .secrets
+                .get(&credentials_secret_ref(names))
+                .is_some(),
+        ) {
+            return Err(Error::Waiting(
+                "the credentials Secret, deleted while it was read, to be replaced".into(),
+            ));
+        }
         let secret = children::secret(tenant, names, naming::CREDENTIALS_SECRET, &data);
         apply_one(ctx, &ctx.stores.secrets, &secret).await?;
         stored.push(format!("Secret {}", naming::CREDENTIALS_SECRET));
@@ -851,4 +889,27 @@ pub(super) async fn patch_status(
         })
         .inc();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_secret_read_from_the_cache_and_gone_since_counts_as_lost() {
+        assert!(store_lost_while_read(Origin::Stored, true, true, false));
+        // Still there: written back as usual.
+        assert!(!store_lost_while_read(Origin::Stored, true, true, true));
+        // Read live while the cache lagged: its absence says nothing.
+        assert!(!store_lost_while_read(Origin::Stored, true, false, false));
+        // Another store holds the truth, or nothing was read from a store.
+        assert!(!store_lost_while_read(Origin::Stored, false, true, false));
+        assert!(!store_lost_while_read(Origin::Generated, true, true, false));
+        assert!(!store_lost_while_read(
+            Origin::StoreUnavailable,
+            true,
+            true,
+            false
+        ));
+    }
 }

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use crate::api::PartnerTenantStatus;
 #[cfg(test)]
 use crate::api::conditions::{self, READY, RECONCILING, STALLED};
-use crate::api::PartnerTenantStatus;
 
 pub const NAMESPACE_READY: &str = "NamespaceReady";
 pub const DATABASE_READY: &str = "DatabaseReady";

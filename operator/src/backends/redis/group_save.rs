@@ -133,10 +133,7 @@ mod tests {
     }
 
     /// A save that counts itself and fails while `failing` is set.
-    fn counted(
-        saves: Arc<AtomicUsize>,
-        failing: Arc<AtomicBool>,
-    ) -> GroupSave<Failed> {
+    fn counted(saves: Arc<AtomicUsize>, failing: Arc<AtomicBool>) -> GroupSave<Failed> {
         GroupSave::spawn(move || {
             let saves = saves.clone();
             let failing = failing.clone();
@@ -196,7 +193,11 @@ mod tests {
         let saves = Arc::new(AtomicUsize::new(0));
         let group = counted(saves.clone(), Arc::default());
         group.save_pending().await.unwrap();
-        assert_eq!(saves.load(Ordering::SeqCst), 1, "an earlier run's change may be unsaved");
+        assert_eq!(
+            saves.load(Ordering::SeqCst),
+            1,
+            "an earlier run's change may be unsaved"
+        );
         group.save_pending().await.unwrap();
         assert_eq!(saves.load(Ordering::SeqCst), 1, "nothing left to save");
     }
