@@ -60,12 +60,22 @@ start() {
     kubectl get partnertenants -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,MESSAGE:.status.conditions[?(@.type=="Ready")].message'
     exit 1
   fi
+  # The example copilots' model keys. No model can be reached from here, so
+  # they are placeholders: the copilots' workloads run on KWOK nodes.
+  log "placing the example copilots' model keys (placeholders) in OpenBao and a Secret"
+  curl -fsS -o /dev/null -H "X-Vault-Token: $VAULT_TOKEN" -X POST \
+    -d '{"data":{"api_key":"demo-placeholder-key"}}' \
+    "$VAULT_ADDR/v1/secret/data/tenants/northwind-manufacturing/models/openai"
+  kubectl -n contoso-logistics create secret generic channel-manager-model \
+    --from-literal=api-key=demo-placeholder-key --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl apply --server-side --field-manager=partnerplane.io/demo -k "$ROOT/examples/gitops" >/dev/null
   log "seeding the example pipelines' sources with the tenants' own credentials"
   cargo build --quiet -p partnerplane-e2e --bin seed_demo --manifest-path "$ROOT/Cargo.toml"
   "$ROOT/target/debug/seed_demo"
+  kubectl wait --for=condition=Ready copilotdeployments -A -l '!partnerplane.io/shard' --timeout=120s >/dev/null ||
+    log "not every copilot is Ready yet (kubectl describe cop -A)"
   echo
-  kubectl get partnerplane -A
+  kubectl get partnerplane -A -l '!partnerplane.io/shard'
   echo
   kubectl get partnertenant contoso-logistics -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.message}{"\n"}{end}'
   echo

@@ -6,6 +6,7 @@ pub mod events;
 pub mod kstatus;
 pub mod manifests;
 pub mod metric_oracle;
+pub mod model_standin;
 pub mod operator;
 pub mod pipelines;
 pub mod tenants;

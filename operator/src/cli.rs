@@ -1,5 +1,6 @@
 //! Command-line interface: `run` starts the operator, `crdgen` prints the
-//! CRDs, `explain` shows the SQL a MetricPipeline compiles to.
+//! CRDs, `explain` shows the SQL a MetricPipeline compiles to, `copilot`
+//! serves a CopilotDeployment.
 
 use std::net::SocketAddr;
 
@@ -32,6 +33,9 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: std::path::PathBuf,
     },
+    /// Serve one CopilotDeployment: its API with the guardrails, /healthz,
+    /// /readyz and /metrics (what the copilot's pods run).
+    Copilot(crate::copilot::server::CopilotArgs),
 }
 
 /// Settings of a running operator.
@@ -57,9 +61,10 @@ pub struct RunArgs {
     #[arg(long, env = "PARTNERPLANE_CONFIG")]
     pub config: std::path::PathBuf,
 
-    /// Label selector of the PartnerTenants (and MetricPipelines) this
-    /// instance manages, to shard them across operator deployments (for
-    /// example `shard=eu`); label a tenant's pipelines like the tenant.
+    /// Label selector of the PartnerTenants (and MetricPipelines and
+    /// CopilotDeployments) this instance manages, to shard them across
+    /// operator deployments (for example `shard=eu`); label a tenant's
+    /// pipelines and copilots like the tenant.
     #[arg(long, env = "PARTNERPLANE_TENANT_SELECTOR")]
     pub tenant_selector: Option<String>,
 
@@ -71,6 +76,20 @@ pub struct RunArgs {
     /// slow refresh never delays a tenant).
     #[arg(long, env = "PARTNERPLANE_PIPELINE_CONCURRENCY", default_value_t = 4)]
     pub pipeline_concurrency: u16,
+
+    /// CopilotDeployments reconciled at the same time (apart from tenants
+    /// and pipelines, so an index build never delays them).
+    #[arg(long, env = "PARTNERPLANE_COPILOT_CONCURRENCY", default_value_t = 4)]
+    pub copilot_concurrency: u16,
+
+    /// Image running `partnerplane copilot` for CopilotDeployments that name
+    /// none in `spec.image`: the operator's own release by default.
+    #[arg(
+        long,
+        env = "PARTNERPLANE_COPILOT_IMAGE",
+        default_value = concat!("ghcr.io/partnerplane/operator:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub copilot_image: String,
 
     /// Seconds between drift checks of a Ready tenant's backends.
     #[arg(long, env = "PARTNERPLANE_RESYNC_SECONDS", default_value_t = 300)]
@@ -100,6 +119,13 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Crdgen { out } => crdgen(out.as_deref()),
         Command::Explain { file } => explain(&file),
+        Command::Copilot(args) => {
+            crate::telemetry::init(args.log_format, &args.log_filter)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::copilot::server::run(args))
+        }
     }
 }
 

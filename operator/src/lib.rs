@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod copilot;
 pub mod credentials;
 pub mod error_chain;
 pub mod http;

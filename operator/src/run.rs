@@ -18,11 +18,12 @@ use crate::backends::vault::Vault;
 use crate::cli::RunArgs;
 use crate::config::OperatorConfig;
 use crate::context::{BackendEgress, Backoff, Context, Endpoints, Settings};
+use crate::copilot::controller::context::CopilotSettings;
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::pipeline::context::PipelineContext;
 use crate::pipeline::webhook::WebhookClient;
-use crate::{pipeline, tenant, watches};
+use crate::{copilot, pipeline, tenant, watches};
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -48,8 +49,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (postgres, endpoints_pg) = postgres_backends(&config, &client, metrics.clone()).await?;
     // Pipelines refresh on pools of their own: a slow refresh never holds a
-    // connection a tenant reconcile waits for.
+    // connection a tenant reconcile waits for. Copilots too (an index build).
     let (pipeline_postgres, _) = postgres_backends(&config, &client, metrics.clone()).await?;
+    let (copilot_postgres, _) = postgres_backends(&config, &client, metrics.clone()).await?;
     let redis_url = config.redis.url_secret.read(&client).await?;
     let redis_ca = read_optional(&config.redis.ca_secret, &client).await?;
     let redis = Redis::connect_with_ca(
@@ -142,6 +144,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.pipeline_concurrency,
         stopped(stop_rx.clone()),
     ));
+    let copilots = tokio::spawn(copilot::controller::run(
+        ctx.clone(),
+        copilot_postgres,
+        CopilotSettings {
+            image: args.copilot_image.clone(),
+            vault_auth_mount: config.vault.auth_mount.clone(),
+            backend_cidrs: args.backend_cidrs.clone(),
+        },
+        args.tenant_selector.clone(),
+        args.copilot_concurrency,
+        stopped(stop_rx.clone()),
+    ));
     let controller = tokio::spawn(tenant::run(
         ctx,
         streams,
@@ -153,7 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     readiness.set(false);
     let _ = stop_tx.send(true);
-    let controllers = futures::future::join(controller, pipelines);
+    let controllers = futures::future::join3(controller, pipelines, copilots);
     if tokio::time::timeout(Duration::from_secs(20), controllers)
         .await
         .is_err()

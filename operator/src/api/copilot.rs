@@ -31,12 +31,15 @@ pub struct CopilotDeploymentSpec {
     /// The audience the copilot serves; sets its default prompts and tools.
     pub role: CopilotRole,
 
-    /// Container image of the copilot server.
+    /// Container image of the copilot server (`partnerplane copilot`).
+    /// Defaults to the image the operator is configured with
+    /// (`--copilot-image`), the operator's own release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 512),
         regex(pattern = r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9])?$")
     )]
-    pub image: String,
+    pub image: Option<String>,
 
     /// Replicas when autoscaling is not set.
     #[serde(default = "default_replicas")]
@@ -350,7 +353,8 @@ pub struct CopilotDeploymentStatus {
     /// has reconciled the copilot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Reconciling`, `Stalled`, `IndexReady` and `WorkloadReady`.
+    /// `Ready`, `Reconciling`, `Stalled`, and one condition per part:
+    /// `IndexReady`, `ModelKeyReady`, `Available`.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

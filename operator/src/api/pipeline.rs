@@ -215,9 +215,10 @@ pub struct RefreshSummary {
     pub duration_ms: i64,
     /// Source rows new or changed since the previous refresh.
     pub changed_rows: i64,
-    /// Buckets re-derived from raw rows to check the incremental results,
-    /// and how many of them differed (each difference is repaired).
+    /// Buckets re-derived from raw rows to check the incremental results.
     pub sampled_buckets: i64,
+    /// Sampled buckets that differed from their re-derivation (each
+    /// difference is repaired and raised as an Event).
     pub mismatched_buckets: i64,
 }
 
