@@ -4,7 +4,7 @@ SHELL := bash
 TESTBED := e2e/testbed.sh
 ENV := e2e/.testbed/env
 
-.PHONY: demo test lint unit e2e bench crds up down status
+.PHONY: demo test lint unit e2e bench crds up down status image chart-test
 
 ## demo: bring the test bed up, install the CRDs, run the operator, apply examples/
 demo: up
@@ -13,6 +13,7 @@ demo: up
 ## test: lint, unit tests and the end-to-end suites against the real test bed
 test: lint up
 	e2e/demo.sh stop
+	e2e/shipping/test.sh chart-static
 	cargo build --workspace --bins
 	source $(ENV) && cargo test --workspace --no-fail-fast
 
@@ -26,6 +27,7 @@ unit:
 ## crds: regenerate crds/ from the Rust types
 crds:
 	cargo run --quiet -p partnerplane -- crdgen --out crds
+	hack/sync-chart-crds.sh
 
 up:
 	$(TESTBED) up
@@ -37,7 +39,25 @@ down:
 status:
 	$(TESTBED) status
 
-## bench: N tenants (default 1000) apply -> Ready against a direct floor; BENCH_TENANTS=N to change
+## bench: N tenants (default 1000) apply -> Ready against a direct floor; BENCH_TENANTS=N to change;
+##        then MetricPipeline refreshes against their targets (BENCH_ROWS=N, default 1000000;
+##        BENCH_PIPELINE_ARGS=--with-operator adds 200 pipelines through the operator).
+##        BENCH=tenants or BENCH=pipelines runs only one of the two.
 bench: up
 	cargo build --release -p partnerplane -p partnerplane-e2e --bins
-	source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000}
+	if [[ "$${BENCH:-all}" != pipelines ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000}; fi
+	if [[ "$${BENCH:-all}" != tenants ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/pipeline_bench --rows $${BENCH_ROWS:-1000000} $${BENCH_PIPELINE_ARGS:-}; fi
+
+## image: build the operator's OCI image without a container engine (a static
+##        musl binary, user 65532, no shell) into target/image/, build it again
+##        to check the digest is reproducible, run its binary as 65532, and
+##        print the digest. IMAGE_TEST_FRESH=1 compiles the second build from scratch.
+image:
+	e2e/shipping/test.sh image
+
+## chart-test: lint and unit-test the Helm chart, test its alerts with promtool, then
+##             check it against the test bed (server-side dry run, restricted Pod
+##             Security, config/default parity, the operator on its configuration)
+##             and the GitOps health checks on real objects
+chart-test: up
+	e2e/shipping/test.sh chart
