@@ -779,8 +779,6 @@ async fn the_operator_runs_on_the_charts_configuration_and_exports_what_alerts_a
             read.insert(name, format!("dashboard: {expr}"));
         }
     }
-    // Comes with --leader-elect (the NoLeader alert reads it only then).
-    read.remove("partnerplane_leader");
     let mut missing = vec![];
     for (name, user) in &read {
         if exported.contains(name) {

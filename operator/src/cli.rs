@@ -82,6 +82,23 @@ pub struct RunArgs {
     #[arg(long, env = "PARTNERPLANE_COPILOT_CONCURRENCY", default_value_t = 4)]
     pub copilot_concurrency: u16,
 
+    /// Reconcile only while holding a Lease, so that several replicas can
+    /// run: one leads, the others wait (one Lease per `--tenant-selector`).
+    #[arg(long, env = "PARTNERPLANE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader Lease; the operator's own (`POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "partnerplane-system")]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader Lease (a shard's gets a suffix from its selector).
+    #[arg(
+        long,
+        env = "PARTNERPLANE_LEADER_ELECTION_ID",
+        default_value = "partnerplane-operator"
+    )]
+    pub leader_election_id: String,
+
     /// Image running `partnerplane copilot` for CopilotDeployments that name
     /// none in `spec.image`: the operator's own release by default.
     #[arg(

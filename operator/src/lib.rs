@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod error_chain;
 pub mod http;
 pub mod key_ref;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod pipeline;

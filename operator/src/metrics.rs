@@ -67,6 +67,9 @@ pub struct Metrics {
     tenants: Family<ReadyLabels, Gauge>,
     tenant_readiness: Mutex<HashMap<String, bool>>,
     pub pipelines: crate::pipeline::telemetry::PipelineMetrics,
+    /// 1 while this process reconciles (it holds the leader Lease, or runs
+    /// without leader election).
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -91,7 +94,13 @@ impl Metrics {
             tenants: Family::default(),
             tenant_readiness: Mutex::new(HashMap::new()),
             pipelines: Default::default(),
+            leader: Gauge::default(),
         };
+        registry.register(
+            "leader",
+            "1 while this process reconciles: it holds the leader Lease, or runs without leader election",
+            metrics.leader.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles run, per controller",

@@ -23,7 +23,7 @@ use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::pipeline::context::PipelineContext;
 use crate::pipeline::webhook::WebhookClient;
-use crate::{copilot, pipeline, tenant, watches};
+use crate::{copilot, leader, pipeline, tenant, watches};
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -128,10 +128,54 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(http::serve(
         args.http_addr,
-        metrics,
+        metrics.clone(),
         readiness.clone(),
         stopped(stop_rx.clone()),
     ));
+    // With leader election, a standby keeps its caches warm and serves its
+    // endpoints, and starts reconciling only once it holds the Lease.
+    let election = args.leader_elect.then(|| {
+        let lease = leader::lease_name(&args.leader_election_id, args.tenant_selector.as_deref());
+        let identity = leader::identity();
+        tracing::info!(%lease, %identity, namespace = %args.leader_election_namespace, "campaigning for leadership");
+        leader::Election::start(
+            client.clone(),
+            &args.leader_election_namespace,
+            &lease,
+            identity,
+            leader::Timings::default(),
+        )
+    });
+    let leads = match election.as_ref() {
+        None => true,
+        Some(e) => {
+            // A standby is ready: it serves its endpoints and can take over.
+            // Its watches start with its controllers, once it leads.
+            readiness.set(true);
+            let mut leading = e.leading();
+            let leads = tokio::select! {
+                led = leading.wait_for(|l| *l) => { led.context("the leader election stopped")?; true }
+                signal = wait_for_signal() => { signal?; false }
+            };
+            // Ready again once the caches have synced.
+            readiness.set(false);
+            leads
+        }
+    };
+    if !leads {
+        tracing::info!("shutting down before leading");
+        readiness.set(false);
+        let _ = stop_tx.send(true);
+        if let Some(election) = election {
+            election.release().await;
+        }
+        server.await.context("HTTP server task")??;
+        return Ok(());
+    }
+    if election.is_some() {
+        tracing::info!("leading: reconciling");
+    }
+    metrics.leader.set(1);
     let pipeline_ctx = Arc::new(PipelineContext {
         shared: ctx.clone(),
         postgres: pipeline_postgres,
@@ -163,18 +207,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.concurrency,
         stopped(stop_rx),
     ));
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
+    let lost = async {
+        match election.as_ref() {
+            Some(e) => {
+                let _ = e.leading().wait_for(|l| !*l).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let lost_leadership = tokio::select! {
+        signal = wait_for_signal() => { signal?; false }
+        () = lost => true,
+    };
     readiness.set(false);
     let _ = stop_tx.send(true);
-    let controllers = futures::future::join3(controller, pipelines, copilots);
-    if tokio::time::timeout(Duration::from_secs(20), controllers)
-        .await
-        .is_err()
-    {
-        tracing::warn!("reconciles still running after 20s; stopping anyway");
+    if lost_leadership {
+        // Another replica may lead soon: stop writing now, mid-reconcile
+        // (every reconcile converges from any partial state).
+        tracing::error!("lost the leader Lease; stopping every controller at once");
+        controller.abort();
+        pipelines.abort();
+        copilots.abort();
+        metrics.leader.set(0);
+    } else {
+        tracing::info!("shutting down");
+        let controllers = futures::future::join3(controller, pipelines, copilots);
+        if tokio::time::timeout(Duration::from_secs(20), controllers)
+            .await
+            .is_err()
+        {
+            tracing::warn!("reconciles still running after 20s; stopping anyway");
+        }
+        metrics.leader.set(0);
+    }
+    if let Some(election) = election {
+        // Hands the Lease over at once, so a standby need not wait it out.
+        election.release().await;
     }
     server.await.context("HTTP server task")??;
+    if lost_leadership {
+        anyhow::bail!("lost the leader Lease");
+    }
     tracing::info!("stopped");
     Ok(())
 }
