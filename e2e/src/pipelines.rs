@@ -125,9 +125,11 @@ pub fn condition<'a>(
         .find(|c| c.type_ == type_)
 }
 
-/// Whether the pipeline's `type_` condition has `status` for its current generation.
+/// Whether the pipeline's `type_` condition has `status`, set for its
+/// current generation (not carried over while a new one is worked on).
 pub fn is(p: &MetricPipeline, type_: &str, status: &str) -> bool {
-    condition(p, type_).is_some_and(|c| c.status == status)
+    condition(p, type_)
+        .is_some_and(|c| c.status == status && c.observed_generation == p.metadata.generation)
         && p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
 }
 
