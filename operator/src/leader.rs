@@ -10,6 +10,7 @@
 //! leadership from their last successful call, so a leader cut off from the
 //! API server would keep writing; this module is small enough to own.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -148,7 +149,15 @@ struct Campaign {
 impl Campaign {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut seen: Option<(String, Instant)> = None;
-        let mut renewed: Option<Instant> = None;
+        // When the last successful renewal was sent. A watchdog, not this
+        // loop, ends leadership at the renew deadline: a request hanging on a
+        // dead connection must not keep a leader leading.
+        let renewed: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let watchdog = tokio::spawn(watch_deadline(
+            renewed.clone(),
+            self.leading.clone(),
+            self.timings.clone(),
+        ));
         loop {
             match self.api.get_opt(&self.name).await {
                 Ok(lease) => {
@@ -169,11 +178,12 @@ impl Campaign {
                         unchanged_for,
                         &self.timings,
                     );
+                    let sent = Instant::now();
                     match self.write(step, lease).await {
-                        Ok(true) => renewed = Some(Instant::now()),
+                        Ok(true) => *renewed.lock().unwrap() = Some(sent),
                         Ok(false) => {
                             if step == Step::Wait {
-                                renewed = None;
+                                *renewed.lock().unwrap() = None;
                             }
                         }
                         Err(e) => {
@@ -185,7 +195,10 @@ impl Campaign {
                     tracing::debug!(error = %e, lease = %self.name, "reading the lease failed")
                 }
             }
-            let leading = renewed.is_some_and(|at| still_leading(at.elapsed(), &self.timings));
+            let leading = renewed
+                .lock()
+                .unwrap()
+                .is_some_and(|at| still_leading(at.elapsed(), &self.timings));
             if *self.leading.borrow() != leading {
                 tracing::info!(lease = %self.name, identity = %self.identity, leading, "leadership changed");
                 let _ = self.leading.send(leading);
@@ -195,6 +208,7 @@ impl Campaign {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {
+                    watchdog.abort();
                     if leading {
                         self.release().await;
                     }
@@ -268,6 +282,26 @@ impl Campaign {
         {
             Ok(_) => tracing::info!(lease = %self.name, "lease released"),
             Err(e) => tracing::warn!(error = %e, lease = %self.name, "releasing the lease failed"),
+        }
+    }
+}
+
+/// Ends leadership once the last renewal is older than the renew deadline,
+/// whatever the campaign loop is waiting on.
+async fn watch_deadline(
+    renewed: Arc<Mutex<Option<Instant>>>,
+    leading: watch::Sender<bool>,
+    timings: Timings,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let expired = renewed
+            .lock()
+            .unwrap()
+            .is_none_or(|at| !still_leading(at.elapsed(), &timings));
+        if expired && *leading.borrow() {
+            tracing::warn!("the leader Lease was not renewed within the renew deadline");
+            let _ = leading.send(false);
         }
     }
 }

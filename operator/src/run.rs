@@ -231,12 +231,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(0);
     } else {
         tracing::info!("shutting down");
+        let running = [
+            controller.abort_handle(),
+            pipelines.abort_handle(),
+            copilots.abort_handle(),
+        ];
         let controllers = futures::future::join3(controller, pipelines, copilots);
         if tokio::time::timeout(Duration::from_secs(20), controllers)
             .await
             .is_err()
         {
-            tracing::warn!("reconciles still running after 20s; stopping anyway");
+            // Stopped, not detached: the Lease is handed over next, and a
+            // standby must not start while these still write.
+            tracing::warn!("reconciles still running after 20s; stopping them");
+            running.iter().for_each(tokio::task::AbortHandle::abort);
         }
         metrics.leader.set(0);
     }

@@ -114,9 +114,15 @@ async fn deliver(
                         EventType::Warning,
                         "WebhookDeliveryFailed",
                         "Deliver",
+                        // The host only: a URL may carry a token.
                         format!(
                             "gave up delivering {} to {}: {}",
-                            delivery.id, delivery.url, failure.message
+                            delivery.id,
+                            reqwest::Url::parse(&delivery.url)
+                                .ok()
+                                .and_then(|u| u.host_str().map(str::to_string))
+                                .unwrap_or_else(|| "the webhook".into()),
+                            failure.message
                         ),
                     )
                     .await;

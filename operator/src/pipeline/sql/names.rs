@@ -54,9 +54,42 @@ impl DerivedNames {
         format!("{}_chg_{}", self.stem, hash8(source))
     }
 
-    /// The trigger function capturing changes of one source table.
-    pub fn capture(&self, source: &str) -> String {
-        format!("{}_cap_{}", self.stem, hash8(source))
+    /// What every capture function of one source table is called before
+    /// the part naming its columns.
+    pub fn capture_prefix(&self, source: &str) -> String {
+        format!("{}_cap_{}_", self.stem, hash8(source))
+    }
+
+    /// The trigger function capturing changes of one source table; its
+    /// name follows the partner and time columns it logs, so changing
+    /// either makes a new one (and the old one is dropped).
+    pub fn capture(&self, source: &str, partner: &str, time: &str) -> String {
+        format!(
+            "{}{}",
+            self.capture_prefix(source),
+            hash8(&format!("{partner}/{time}"))
+        )
+    }
+
+    /// What every index the pipeline makes on one source table is called
+    /// before the part naming its columns.
+    pub fn index_prefix(&self, source: &str) -> String {
+        format!("{}_ix_{}_", self.stem, hash8(source))
+    }
+
+    /// The indexes on a source's transaction column, time column and
+    /// (partner, time).
+    pub fn indexes(&self, source: &str, partner: &str, time: &str) -> [String; 3] {
+        let stem = format!(
+            "{}{}",
+            self.index_prefix(source),
+            hash8(&format!("{partner}/{time}"))
+        );
+        [
+            format!("{stem}_x"),
+            format!("{stem}_t"),
+            format!("{stem}_p"),
+        ]
     }
 }
 
@@ -82,12 +115,14 @@ mod tests {
         let (a, b) = (DerivedNames::new(&key("a")), DerivedNames::new(&key("b")));
         assert_ne!(a.stem, b.stem);
         let long = "s".repeat(63);
-        let (changes, capture) = (a.changes(&long), a.capture(&long));
+        let (changes, capture) = (a.changes(&long), a.capture(&long, &long, &long));
+        let [x, t, p] = a.indexes(&long, &long, &long);
         for name in [
-            a.rollup, a.results, a.state, a.breaches, a.outbox, changes, capture,
+            a.rollup, a.results, a.state, a.breaches, a.outbox, changes, capture, x, t, p,
         ] {
+            // Room for the trigger suffix `_truncate`.
             assert!(
-                name.len() <= 63 && name.starts_with(DERIVED_PREFIX),
+                name.len() + 9 <= 63 && name.starts_with(DERIVED_PREFIX),
                 "{name}"
             );
         }

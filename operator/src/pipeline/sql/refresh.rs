@@ -117,21 +117,37 @@ async fn read_state(
         .collect())
 }
 
+/// Records `key = value`; writes nothing when it already holds it.
 async fn write_state(
     tx: &Transaction<'_>,
     t: &Tables,
     key: &str,
     value: &str,
 ) -> Result<(), SqlError> {
-    tx.execute(
-        &format!(
-            "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value \
-             WHERE {}.value IS DISTINCT FROM excluded.value",
-            t.state, t.state
-        ),
-        &[&key, &value],
-    )
-    .await?;
+    let known: Option<String> = tx
+        .query_opt(
+            &format!("SELECT value FROM {} WHERE key = $1", t.state),
+            &[&key],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match known {
+        Some(v) if v == value => {}
+        Some(_) => {
+            tx.execute(
+                &format!("UPDATE {} SET value = $2 WHERE key = $1", t.state),
+                &[&key, &value],
+            )
+            .await?;
+        }
+        None => {
+            tx.execute(
+                &format!("INSERT INTO {} (key, value) VALUES ($1, $2)", t.state),
+                &[&key, &value],
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -328,7 +344,11 @@ pub async fn refresh(
     } else {
         verify_sample(tx, &t, &compiled, sample_keys).await?
     };
-    write_state(tx, &t, "snapshot", &current).await?;
+    // With nothing new the previous snapshot still marks what was counted;
+    // keeping it makes an idle refresh write nothing at all.
+    if path != RefreshPath::Unchanged || prev.is_none() {
+        write_state(tx, &t, "snapshot", &current).await?;
+    }
 
     // Results: recomputed when anything changed or a window moved on.
     let results_key = results_fingerprint(&compiled, spec);
@@ -431,9 +451,11 @@ async fn verify_sample(
         let table = t.source(&c.source);
         let bucket_sql = "$2::text::timestamp";
         let (lo, hi) = c.bucket_range(bucket_sql);
+        // The partner compared as text: the sample's key is text whatever
+        // the column's type.
         let extra = format!(
-            "{} AND {time} >= {lo} AND {time} < {hi} AND {} = {bucket_sql}",
-            c.partner_equals("$1"),
+            "{} = $1 AND {time} >= {lo} AND {time} < {hi} AND {} = {bucket_sql}",
+            c.partner_of(),
             c.bucket_of(),
             time = c.time_of()
         );

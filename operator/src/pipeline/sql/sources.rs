@@ -50,18 +50,24 @@ pub struct Plan {
     pub rebuild: bool,
 }
 
-fn index_names(names: &DerivedNames, source: &str) -> [String; 3] {
-    let stem = names.changes(source).replace("_chg_", "_ix_");
-    [
-        format!("{stem}_x"),
-        format!("{stem}_t"),
-        format!("{stem}_p"),
-    ]
+fn capture_of(names: &DerivedNames, source: &Source) -> String {
+    names.capture(
+        source.name.as_str(),
+        source.partner_column.as_str(),
+        source.time_column.as_str(),
+    )
 }
 
-fn trigger_names(names: &DerivedNames, source: &str) -> [String; 2] {
-    let stem = names.capture(source);
-    [format!("{stem}_row"), format!("{stem}_truncate")]
+fn indexes_of(names: &DerivedNames, source: &Source) -> [String; 3] {
+    names.indexes(
+        source.name.as_str(),
+        source.partner_column.as_str(),
+        source.time_column.as_str(),
+    )
+}
+
+fn trigger_names(capture: &str) -> [String; 2] {
+    [format!("{capture}_row"), format!("{capture}_truncate")]
 }
 
 /// Plans the DDL for `spec` given `catalog` (pure).
@@ -130,8 +136,13 @@ pub fn plan(
                     }
                 }
                 if !observed.columns.contains_key(XID_COLUMN) {
+                    // Existing rows get xid 0 (older than any snapshot), not
+                    // this transaction's, so they never look new.
                     out.statements.push(format!(
-                        "ALTER TABLE {qualified} ADD COLUMN {XID_COLUMN} xid8 NOT NULL DEFAULT pg_current_xact_id()"
+                        "ALTER TABLE {qualified} ADD COLUMN {XID_COLUMN} xid8 NOT NULL DEFAULT '0'::xid8"
+                    ));
+                    out.statements.push(format!(
+                        "ALTER TABLE {qualified} ALTER COLUMN {XID_COLUMN} SET DEFAULT pg_current_xact_id()"
                     ));
                     out.rebuild = true;
                 }
@@ -157,10 +168,16 @@ pub fn plan(
             destructive.push(format!("drop source {table} and its rows"));
             out.statements
                 .push(format!("DROP TABLE {s}.{}", quote_ident(table)));
-            out.statements.push(format!(
-                "DROP FUNCTION IF EXISTS {s}.{} CASCADE",
-                quote_ident(&names.capture(table))
-            ));
+            for function in catalog
+                .functions
+                .iter()
+                .filter(|f| f.starts_with(&names.capture_prefix(table)))
+            {
+                out.statements.push(format!(
+                    "DROP FUNCTION IF EXISTS {s}.{}() CASCADE",
+                    quote_ident(function)
+                ));
+            }
             out.statements.push(format!(
                 "DROP TABLE IF EXISTS {s}.{}",
                 quote_ident(&names.changes(table))
@@ -190,7 +207,28 @@ fn capture_statements(
     let table = source.name.as_str();
     let qualified = format!("{s}.{}", quote_ident(table));
     let changes = names.changes(table);
-    let function = names.capture(table);
+    let function = capture_of(names, source);
+    // A capture function or index for other partner or time columns is
+    // dropped (with its triggers) before the current one is made.
+    for stale in catalog
+        .functions
+        .iter()
+        .filter(|f| f.starts_with(&names.capture_prefix(table)) && **f != function)
+    {
+        out.statements.push(format!(
+            "DROP FUNCTION {s}.{}() CASCADE",
+            quote_ident(stale)
+        ));
+    }
+    let wanted = indexes_of(names, source);
+    for stale in catalog
+        .indexes
+        .iter()
+        .filter(|i| i.starts_with(&names.index_prefix(table)) && !wanted.contains(i))
+    {
+        out.statements
+            .push(format!("DROP INDEX {s}.{}", quote_ident(stale)));
+    }
     if !catalog.tables.contains_key(&changes) {
         out.statements.push(format!(
             "CREATE TABLE {s}.{} (partner text, at timestamptz, truncated boolean NOT NULL DEFAULT false, \
@@ -220,7 +258,7 @@ fn capture_statements(
             f = quote_ident(&function)
         ));
     }
-    let [row, truncate] = trigger_names(names, table);
+    let [row, truncate] = trigger_names(&function);
     if !catalog.triggers.contains(&row) {
         out.statements.push(format!(
             "CREATE TRIGGER {} BEFORE UPDATE OR DELETE ON {qualified} FOR EACH ROW EXECUTE FUNCTION {s}.{}()",
@@ -235,7 +273,7 @@ fn capture_statements(
             quote_ident(&function)
         ));
     }
-    let [by_xid, by_time, by_partner] = index_names(names, table);
+    let [by_xid, by_time, by_partner] = wanted;
     let partner = quote_ident(source.partner_column.as_str());
     let time = quote_ident(source.time_column.as_str());
     for (index, columns) in [
@@ -435,8 +473,12 @@ pub async fn drop_derived(
                 quote_ident(table)
             ));
         } else if observed.comment.as_deref() == Some(marker.as_str()) {
-            for index in index_names(&names, table) {
-                statements.push(format!("DROP INDEX IF EXISTS {s}.{}", quote_ident(&index)));
+            for index in catalog
+                .indexes
+                .iter()
+                .filter(|i| i.starts_with(&names.index_prefix(table)))
+            {
+                statements.push(format!("DROP INDEX IF EXISTS {s}.{}", quote_ident(index)));
             }
         }
     }
@@ -498,15 +540,11 @@ metrics:
             catalog
                 .tables
                 .insert(names.changes(source.name.as_str()), Observed::default());
-            catalog
-                .functions
-                .insert(names.capture(source.name.as_str()));
+            catalog.functions.insert(capture_of(&names, source));
             catalog
                 .triggers
-                .extend(trigger_names(&names, source.name.as_str()));
-            catalog
-                .indexes
-                .extend(index_names(&names, source.name.as_str()));
+                .extend(trigger_names(&capture_of(&names, source)));
+            catalog.indexes.extend(indexes_of(&names, source));
         }
         for t in [&names.rollup, &names.results, &names.state] {
             catalog.tables.insert(t.clone(), Observed::default());
@@ -568,6 +606,23 @@ metrics:
             plan.statements
                 .iter()
                 .any(|s| s.contains("DROP COLUMN \"region\""))
+        );
+    }
+
+    #[test]
+    fn a_new_time_column_replaces_the_capture_function_and_indexes() {
+        let before = spec("      - {name: closed_at, type: Timestamp}", false);
+        let mut after = before.clone();
+        after.sources[0].time_column = crate::api::metric::Identifier("closed_at".into());
+        let text = plan("t", &key(), &after, &applied(&before))
+            .unwrap()
+            .statements
+            .join("\n");
+        assert!(text.contains("DROP FUNCTION"), "{text}");
+        assert!(text.contains("OLD.\"closed_at\""), "{text}");
+        assert!(
+            text.contains("DROP INDEX") && text.contains("(\"partner_id\", \"closed_at\")"),
+            "{text}"
         );
     }
 
