@@ -42,11 +42,14 @@ status:
 ## bench: N tenants (default 1000) apply -> Ready against a direct floor; BENCH_TENANTS=N to change;
 ##        then MetricPipeline refreshes against their targets (BENCH_ROWS=N, default 1000000;
 ##        BENCH_PIPELINE_ARGS=--with-operator adds 200 pipelines through the operator).
-##        BENCH=tenants or BENCH=pipelines runs only one of the two.
+##        Then a copilot's retrieval: load, HNSW build, latency and recall@10 (BENCH_CHUNKS=N,
+##        default 100000; BENCH_COPILOT_ARGS='--latent 64' draws them from a 64-dim subspace).
+##        BENCH=tenants, BENCH=pipelines or BENCH=copilots runs only one of the three.
 bench: up
 	cargo build --release -p partnerplane -p partnerplane-e2e --bins
-	if [[ "$${BENCH:-all}" != pipelines ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000}; fi
-	if [[ "$${BENCH:-all}" != tenants ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/pipeline_bench --rows $${BENCH_ROWS:-1000000} $${BENCH_PIPELINE_ARGS:-}; fi
+	if [[ "$${BENCH:-all}" =~ ^(all|tenants)$$ ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000}; fi
+	if [[ "$${BENCH:-all}" =~ ^(all|pipelines)$$ ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/pipeline_bench --rows $${BENCH_ROWS:-1000000} $${BENCH_PIPELINE_ARGS:-}; fi
+	if [[ "$${BENCH:-all}" =~ ^(all|copilots)$$ ]]; then source $(ENV) && target/release/copilot_bench --chunks $${BENCH_CHUNKS:-100000} $${BENCH_COPILOT_ARGS:-}; fi
 
 ## image: build the operator's OCI image without a container engine (a static
 ##        musl binary, user 65532, no shell) into target/image/, build it again

@@ -9,6 +9,7 @@ pub mod metric_oracle;
 pub mod model_standin;
 pub mod operator;
 pub mod pipelines;
+pub mod report;
 pub mod tenants;
 pub mod testbed;
 pub mod wait;

@@ -22,6 +22,7 @@ use partnerplane::metrics::Metrics;
 use partnerplane::naming::TenantNames;
 use partnerplane::tenant::children;
 use partnerplane::tenant::ownership::Origin;
+use partnerplane_e2e::report::percentile;
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name};
 use serde_json::json;
@@ -35,11 +36,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 fn peak_rss_mib(pid: u32) -> Option<f64> {
