@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod naming;
 pub mod pipeline;
 pub mod quantity;
+pub mod resource_status;
 pub mod rollup;
 pub mod run;
 pub mod telemetry;

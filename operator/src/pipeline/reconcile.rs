@@ -12,11 +12,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::civil::Date;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use tokio_postgres::IsolationLevel;
 
 use super::breach::{Evaluation, Transition};
@@ -32,7 +32,6 @@ use crate::api::PartnerTenant;
 use crate::api::conditions::{self, RECONCILING};
 use crate::api::metric::Comparison;
 use crate::api::pipeline::{MetricPipeline, MetricPipelineStatus};
-use crate::apply::FIELD_MANAGER;
 use crate::naming::quote_ident;
 use crate::rollup::{self, PartOutcome};
 
@@ -674,22 +673,8 @@ async fn patch_status(
     status: &MetricPipelineStatus,
     ctx: &PipelineContext,
 ) -> Result<(), Error> {
-    let api: Api<MetricPipeline> = Api::namespaced(
-        ctx.shared.client.clone(),
-        &pipeline.namespace().unwrap_or_default(),
-    );
-    let patch = serde_json::json!({
-        "apiVersion": "partnerplane.io/v1alpha1",
-        "kind": "MetricPipeline",
-        "status": status,
-    });
-    api.patch_status(
-        &pipeline.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    crate::apply::count_write::<MetricPipeline>(&ctx.shared.metrics);
+    crate::resource_status::apply_status(&ctx.shared.client, &ctx.shared.metrics, pipeline, status)
+        .await?;
     Ok(())
 }
 
@@ -701,19 +686,6 @@ pub(super) async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .shared
-        .recorder
-        .publish(&event, &pipeline.object_ref(&()))
-        .await
-    {
-        tracing::warn!(error = %e, "publishing an Event failed");
-    }
+    crate::resource_status::publish(&ctx.shared.recorder, pipeline, type_, reason, action, note)
+        .await;
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -748,22 +748,8 @@ async fn patch_status(
     status: &CopilotDeploymentStatus,
     ctx: &CopilotContext,
 ) -> Result<(), Error> {
-    let api: Api<CopilotDeployment> = Api::namespaced(
-        ctx.shared.client.clone(),
-        &copilot.namespace().unwrap_or_default(),
-    );
-    let patch = serde_json::json!({
-        "apiVersion": "partnerplane.io/v1alpha1",
-        "kind": "CopilotDeployment",
-        "status": status,
-    });
-    api.patch_status(
-        &copilot.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    crate::apply::count_write::<CopilotDeployment>(&ctx.shared.metrics);
+    crate::resource_status::apply_status(&ctx.shared.client, &ctx.shared.metrics, copilot, status)
+        .await?;
     Ok(())
 }
 
@@ -775,19 +761,6 @@ pub(super) async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .shared
-        .recorder
-        .publish(&event, &copilot.object_ref(&()))
-        .await
-    {
-        tracing::warn!(error = %e, "publishing an Event failed");
-    }
+    crate::resource_status::publish(&ctx.shared.recorder, copilot, type_, reason, action, note)
+        .await;
 }
