@@ -225,12 +225,38 @@ async fn kubectl(testbed: &Testbed, args: &[&str]) -> anyhow::Result<String> {
 
 /// The operator's count of finished copilot reconciles.
 async fn copilot_reconciles(operator: &Operator) -> anyhow::Result<f64> {
+    copilot_sample(operator, "partnerplane_reconciles_total").await
+}
+
+/// Copilot reconciles that have finished (the duration is observed at the end).
+async fn copilot_reconciles_done(operator: &Operator) -> anyhow::Result<f64> {
+    copilot_sample(operator, "partnerplane_reconcile_duration_seconds_count").await
+}
+
+async fn copilot_sample(operator: &Operator, family: &str) -> anyhow::Result<f64> {
     let text = operator.metrics().await?;
+    let prefix = format!("{family}{{controller=\"copilotdeployment\"}}");
     Ok(text
         .lines()
-        .find(|l| l.starts_with("partnerplane_reconciles_total{controller=\"copilotdeployment\"}"))
+        .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0))
+}
+
+/// Waits until no copilot reconcile is running: every one started has finished.
+async fn wait_idle(operator: &Operator) -> anyhow::Result<()> {
+    wait_until(
+        "copilot reconciles to finish",
+        Duration::from_secs(30),
+        || async {
+            let (started, done) = (
+                copilot_reconciles(operator).await?,
+                copilot_reconciles_done(operator).await?,
+            );
+            Ok((started == done).then_some(()))
+        },
+    )
+    .await
 }
 
 /// `partnerplane_api_writes_total` per kind.
@@ -262,9 +288,8 @@ async fn poke(operator: &Operator, client: &kube::Client, tenant: &str) -> anyho
         Ok((copilot_reconciles(operator).await? > before).then_some(()))
     })
     .await?;
-    // The reconcile counter moves at the start; let it finish.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(())
+    // The reconcile counter moves at the start; wait for it to finish.
+    wait_idle(operator).await
 }
 
 /// The row versions (`xmin`) of the copilot's knowledge table, index and
@@ -603,7 +628,7 @@ async fn the_index_has_the_declared_parameters_and_serves_nearest_neighbour_quer
             && c.status.as_ref().and_then(|s| s.available_replicas) == Some(1)
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_idle(&operator).await?;
     let before = catalog_versions(&admin, &schema, &names).await?;
     let writes = operator
         .metric_sum("partnerplane_backend_writes_total")
