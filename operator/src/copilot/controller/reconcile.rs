@@ -100,17 +100,27 @@ pub async fn apply(copilot: Arc<CopilotDeployment>, ctx: &CopilotContext) -> Res
         Err(e) => return settle(&copilot, ctx, e).await,
     };
     let key_ready = key_part.ready;
-    let rolled_out = match apply_objects(&copilot, &db, &view, &config, key_ready, ctx).await {
-        Ok(rolled) => rolled,
+    let rollout = match apply_objects(&copilot, &db, &view, &config, key_ready, ctx).await {
+        Ok(rollout) => rollout,
         Err(e) => return settle(&copilot, ctx, e).await,
     };
+    let rolled_out = rollout.as_ref().map(|(hash, _)| hash.clone());
     let generation = copilot.metadata.generation;
-    let deployment = ctx.stores.deployments.get(
-        &ObjectRef::new(&objects::object_name(&copilot.name_any()))
-            .within(&copilot.namespace().unwrap_or_default()),
-    );
+    // What the apply returned is newer than the cache, which may still hold
+    // the Deployment before the change and read as settled.
+    let deployment = match rollout {
+        Some((_, applied)) => Some(applied),
+        None => ctx
+            .stores
+            .deployments
+            .get(
+                &ObjectRef::new(&objects::object_name(&copilot.name_any()))
+                    .within(&copilot.namespace().unwrap_or_default()),
+            )
+            .map(|d| d.as_ref().clone()),
+    };
     let (available_part, available) =
-        cstatus::availability(deployment.as_deref(), objects::min_replicas(&copilot));
+        cstatus::availability(deployment.as_ref(), objects::min_replicas(&copilot));
     let waiting_for_pods = !available_part.ready;
     let parts = [index_part, key_part.clone(), available_part];
     let conditions = rollup::roll_up(&previous.conditions, &parts, generation, READY_MESSAGE);
@@ -416,7 +426,7 @@ async fn apply_objects(
     config: &ServerConfig,
     key_ready: bool,
     ctx: &CopilotContext,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<(String, Deployment)>, Error> {
     let platform = platform(ctx);
     let s = &ctx.stores;
     let namespace = copilot.namespace().unwrap_or_default();
@@ -473,7 +483,7 @@ async fn apply_objects(
             }
         }
     }
-    Ok(rolled.then_some(hash))
+    Ok(rolled.map(|applied| (hash, applied)))
 }
 
 /// Whether `object` is the copilot's: a controller reference to a
@@ -551,22 +561,23 @@ where
 }
 
 /// The Deployment, applied unless the cache shows every field the operator
-/// sets as desired. The Deployment controller records its revision in the
-/// object's own annotations, so additions by others are not policed here.
+/// sets as desired; the object the API server returned when it was applied.
+/// The Deployment controller records its revision in the object's own
+/// annotations, so additions by others are not policed here.
 async fn ensure_deployment(
     ctx: &CopilotContext,
     desired: &Deployment,
     copilot: &CopilotDeployment,
-) -> Result<bool, Error> {
+) -> Result<Option<Deployment>, Error> {
     let live = check_ownership(ctx, &ctx.stores.deployments, desired, copilot).await?;
     let desired_json = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
     if let Some(live) = live {
         let live_json = serde_json::to_value(live.as_ref()).map_err(kube::Error::SerdeError)?;
         if crate::apply::is_subset(&desired_json, &live_json) {
-            return Ok(false);
+            return Ok(None);
         }
     }
-    Api::<Deployment>::namespaced(
+    let applied = Api::<Deployment>::namespaced(
         ctx.shared.client.clone(),
         &desired.namespace().unwrap_or_default(),
     )
@@ -577,7 +588,7 @@ async fn ensure_deployment(
     )
     .await?;
     crate::apply::count_write::<Deployment>(&ctx.shared.metrics);
-    Ok(true)
+    Ok(Some(applied))
 }
 
 /// Events for what changed: tables brought to the spec, a rollout, the
