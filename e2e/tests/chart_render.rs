@@ -7,18 +7,15 @@
 //! series its alerts and dashboard read. Helm is built by `hack/tools.sh` (cached).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use partnerplane::config::OperatorConfig;
+use partnerplane_e2e::chart::{self, documents, kubectl, run};
 use partnerplane_e2e::pipelines::{self, apply, is, wait_pipeline};
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, repo_root, unique_name, wait_condition};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const RELEASE: &str = "partnerplane";
@@ -29,72 +26,9 @@ const NAMESPACE: &str = "partnerplane-system";
 /// changes without the other.
 const ONLY_IN_CONFIG_RBAC: &[(&str, &str, &str)] = &[];
 
-/// The folder holding helm, built once by `hack/tools.sh`.
-fn tools() -> anyhow::Result<PathBuf> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(dir) = DIR.get() {
-        return Ok(dir.clone());
-    }
-    let output = Command::new(repo_root().join("hack/tools.sh"))
-        .arg("helm")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running hack/tools.sh")?;
-    ensure!(output.status.success(), "hack/tools.sh helm failed");
-    let dir = PathBuf::from(String::from_utf8(output.stdout)?.trim());
-    Ok(DIR.get_or_init(|| dir).clone())
-}
-
-/// Runs a command, feeding `stdin`; returns stdout and stderr, or fails with stderr.
-fn run(command: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<(String, String)> {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {command:?}"))?;
-    let mut input = child.stdin.take().context("stdin")?;
-    if let Some(bytes) = stdin {
-        input.write_all(bytes)?;
-    }
-    drop(input);
-    let output = child.wait_with_output()?;
-    let stdout = String::from_utf8(output.stdout)?;
-    let stderr = String::from_utf8(output.stderr)?;
-    if !output.status.success() {
-        bail!("{command:?} failed: {stderr}");
-    }
-    Ok((stdout, stderr))
-}
-
-fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
-    let mut docs = vec![];
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(document)?;
-        if !value.is_null() {
-            docs.push(serde_json::to_value(value)?);
-        }
-    }
-    Ok(docs)
-}
-
-/// `helm template` of the chart into `namespace` with `args` (`--set …`).
+/// `helm template` of the chart as the release `partnerplane` into `namespace`.
 fn helm_template(namespace: &str, args: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let (out, _) = run(
-        Command::new(tools()?.join("helm"))
-            .args(["template", RELEASE])
-            .arg(repo_root().join("charts/partnerplane"))
-            .args(["--namespace", namespace])
-            .args(args),
-        None,
-    )?;
-    documents(&out)
-}
-
-fn kubectl(testbed: &Testbed) -> Command {
-    let mut command = Command::new("kubectl");
-    command.envs(testbed.env());
-    command
+    chart::helm_template(RELEASE, namespace, args)
 }
 
 /// The value with every integral number as an integer (`1.0` is `1`).
@@ -116,11 +50,15 @@ fn numbers_by_value(value: &Value) -> Value {
 
 fn key(object: &Value) -> (String, String, String) {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    (
-        s(&object["kind"]),
-        s(&object["metadata"]["namespace"]),
-        s(&object["metadata"]["name"]),
-    )
+    let kind = s(&object["kind"]);
+    // kustomize does not know these kinds are cluster-scoped and gives them
+    // its namespace, which the API server ignores.
+    let namespace = if kind.starts_with("ValidatingAdmissionPolicy") {
+        String::new()
+    } else {
+        s(&object["metadata"]["namespace"])
+    };
+    (kind, namespace, s(&object["metadata"]["name"]))
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
@@ -147,12 +85,14 @@ fn grants(objects: &[Value]) -> BTreeSet<(String, String, String, String, String
                     .filter_map(|v| v.as_str().map(String::from))
                     .collect()
             };
-            assert!(
-                rule.get("resourceNames").is_none(),
-                "resourceNames are not compared yet: {rule}"
-            );
+            let names = list("resourceNames");
             for group in list("apiGroups") {
                 for resource in list("resources") {
+                    let resource = if names.is_empty() {
+                        resource
+                    } else {
+                        format!("{resource}/{}", names.join(","))
+                    };
                     for verb in list("verbs") {
                         out.insert((
                             kind.clone(),
@@ -406,6 +346,15 @@ fn the_chart_and_config_default_render_the_same_objects() -> anyhow::Result<()> 
         binding(&kustomize)?,
         "the ClusterRoleBinding"
     );
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        let spec = |objects: &[Value]| -> anyhow::Result<Value> {
+            Ok(find(objects, kind, "partnerplane-operator-namespaces")?["spec"].clone())
+        };
+        assert_eq!(spec(&chart)?, spec(&kustomize)?, "the {kind}");
+    }
     Ok(())
 }
 
@@ -512,12 +461,21 @@ fn the_api_server_accepts_the_chart_and_restricted_pod_security_admits_its_pod()
                 .filter(|l| l.contains("(server dry run)"))
                 .count();
             assert_eq!(accepted, applied.len(), "{args:?}: {out}");
-            let kinds: BTreeSet<_> = applied.iter().map(|o| key(o).0).collect();
-            if args.is_empty() {
-                assert!(!kinds.contains("PodDisruptionBudget") && !kinds.contains("Role"));
-            } else {
-                assert!(kinds.contains("PodDisruptionBudget") && kinds.contains("Role"));
-            }
+            let kinds: BTreeSet<_> = applied
+                .iter()
+                .map(|o| {
+                    let (kind, _, name) = key(o);
+                    if kind == "Role" { name } else { kind }
+                })
+                .collect();
+            let with_ha = kinds.contains("PodDisruptionBudget")
+                && kinds.contains("partnerplane-operator-leader-election");
+            let without_ha = !kinds.contains("PodDisruptionBudget")
+                && !kinds.contains("partnerplane-operator-leader-election");
+            assert!(
+                if args.is_empty() { without_ha } else { with_ha },
+                "{kinds:?}"
+            );
         }
 
         // Pod Security enforcement applies to pods, not Deployments: admit

@@ -275,18 +275,32 @@ pub async fn apply_if_changed<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
-    let reference = ObjectRef::from_obj(desired);
+    let live = store.get(&ObjectRef::from_obj(desired));
+    apply_unless_current(client, live.as_deref(), desired, metrics).await
+}
+
+/// Applies `desired` unless `live` (a cached copy or a fresh read) already
+/// matches it; returns whether it wrote.
+pub async fn apply_unless_current<K>(
+    client: &kube::Client,
+    live: Option<&K>,
+    desired: &K,
+    metrics: &Metrics,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
     let desired_json = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
     let api = api_for::<K>(client, desired.namespace().as_deref());
-    if let Some(live) = store.get(&reference) {
-        let live_json = serde_json::to_value(live.as_ref()).map_err(kube::Error::SerdeError)?;
+    if let Some(live) = live {
+        let live_json = serde_json::to_value(live).map_err(kube::Error::SerdeError)?;
         let claimed =
             guards_additions::<K>() && !foreign_claims(&desired_json, &live_json).is_empty();
         if claimed {
             if remove_foreign_fields(&api, &desired.name_any(), &desired_json).await? {
                 count_write::<K>(metrics);
             }
-        } else if is_subset(&desired_json, &live_json) && !owned_by_a_tenant(live.as_ref()) {
+        } else if is_subset(&desired_json, &live_json) && !owned_by_a_tenant(live) {
             return Ok(false);
         }
     }

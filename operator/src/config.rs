@@ -26,6 +26,31 @@ pub struct OperatorConfig {
     /// Where breach webhooks may be delivered.
     #[serde(default)]
     pub webhooks: WebhookConfig,
+    /// The ClusterRole the operator binds in each tenant namespace for its
+    /// access to Secrets there (it holds none cluster-wide).
+    #[serde(default = "default_tenant_secrets_cluster_role")]
+    pub tenant_secrets_cluster_role: String,
+    /// The n8n workflow engine tenants' workflow templates are provisioned
+    /// in; without it, a tenant that enables templates is told so.
+    #[serde(default)]
+    pub n8n: Option<N8nConfig>,
+}
+
+/// The n8n workflow engine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct N8nConfig {
+    /// Base URL of n8n (`https://n8n.example:5678`); its public API is
+    /// under `/api/v1` and its webhooks under `/webhook`. Breach deliveries
+    /// to this n8n are trusted whatever its address: the operator's
+    /// configuration, not a manifest, names it.
+    pub url: String,
+    /// Secret key holding an API key of n8n's owner (`X-N8N-API-KEY`).
+    pub api_key_secret: SecretKeyRef,
+    /// Secret key holding the PEM certificates an `https://` n8n's
+    /// certificate must chain to; the system's roots when absent.
+    #[serde(default)]
+    pub ca_secret: Option<SecretKeyRef>,
 }
 
 /// Breach webhook deliveries.
@@ -104,6 +129,10 @@ pub struct SecretKeyRef {
 
 fn default_backend_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_tenant_secrets_cluster_role() -> String {
+    crate::tenant::secret_access::DEFAULT_CLUSTER_ROLE.into()
 }
 
 fn default_pool_size() -> usize {
@@ -189,6 +218,9 @@ vault:
   address: http://127.0.0.1:8200
   tokenSecret: {namespace: partnerplane-system, name: vault, key: token}
 backendTimeout: 2.5
+n8n:
+  url: http://127.0.0.1:5678
+  apiKeySecret: {namespace: partnerplane-system, name: n8n, key: api-key}
 "#,
         )
         .unwrap();
@@ -209,6 +241,9 @@ backendTimeout: 2.5
         assert_eq!(config.vault.ca_secret, None);
         assert_eq!(config.vault.kv_mount, "secret");
         assert_eq!(config.backend_timeout, Duration::from_millis(2500));
+        let n8n = config.n8n.expect("n8n configured");
+        assert_eq!(n8n.url, "http://127.0.0.1:5678");
+        assert_eq!(n8n.api_key_secret.key, "api-key");
     }
 
     #[test]

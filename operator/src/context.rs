@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::events::Recorder;
@@ -32,7 +30,6 @@ pub struct Stores {
     pub service_accounts: Store<ServiceAccount>,
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
-    pub secrets: Store<Secret>,
     pub services: Store<Service>,
     pub stateful_sets: Store<StatefulSet>,
 }
@@ -47,6 +44,9 @@ pub struct Settings {
     /// Namespaces no tenant may use: the operator's own and those holding
     /// its backends' admin Secrets.
     pub protected_namespaces: Vec<String>,
+    /// The ClusterRole bound in each tenant namespace for the operator's
+    /// Secret access, and the operator's own identity.
+    pub secret_access: crate::tenant::secret_access::SecretAccess,
 }
 
 /// Connection details handed to tenants next to their passwords.

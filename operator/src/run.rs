@@ -45,6 +45,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("reaching the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to the Kubernetes API server");
     check_crds(&client).await?;
+    let subject = tenant::secret_access::whoami(&client)
+        .await
+        .context("asking the API server who the operator is (SelfSubjectReview)")?;
+    tracing::info!(
+        ?subject,
+        "identity for the Secret access bound in tenant namespaces"
+    );
 
     let metrics = Arc::new(Metrics::new());
     let (postgres, endpoints_pg) = postgres_backends(&config, &client, metrics.clone()).await?;
@@ -118,6 +125,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(args.resync_seconds),
             backend_egress,
             protected_namespaces: protected_namespaces(&config),
+            secret_access: tenant::secret_access::SecretAccess {
+                cluster_role: config.tenant_secrets_cluster_role.clone(),
+                subject,
+            },
         },
         metrics: metrics.clone(),
         recorder,

@@ -27,7 +27,6 @@ pub struct ChildStreams {
     pub service_accounts: ChildStream<k8s_openapi::api::core::v1::ServiceAccount>,
     pub roles: ChildStream<k8s_openapi::api::rbac::v1::Role>,
     pub role_bindings: ChildStream<k8s_openapi::api::rbac::v1::RoleBinding>,
-    pub secrets: ChildStream<k8s_openapi::api::core::v1::Secret>,
     pub services: ChildStream<k8s_openapi::api::core::v1::Service>,
     pub stateful_sets: ChildStream<k8s_openapi::api::apps::v1::StatefulSet>,
 }
@@ -64,7 +63,6 @@ pub fn build(client: &kube::Client) -> (Stores, ChildStreams) {
     let (service_accounts, service_accounts_stream) = reflect(client);
     let (roles, roles_stream) = reflect(client);
     let (role_bindings, role_bindings_stream) = reflect(client);
-    let (secrets, secrets_stream) = reflect(client);
     let (services, services_stream) = reflect(client);
     let (stateful_sets, stateful_sets_stream) = reflect(client);
     (
@@ -76,7 +74,6 @@ pub fn build(client: &kube::Client) -> (Stores, ChildStreams) {
             service_accounts,
             roles,
             role_bindings,
-            secrets,
             services,
             stateful_sets,
         },
@@ -88,7 +85,6 @@ pub fn build(client: &kube::Client) -> (Stores, ChildStreams) {
             service_accounts: service_accounts_stream,
             roles: roles_stream,
             role_bindings: role_bindings_stream,
-            secrets: secrets_stream,
             services: services_stream,
             stateful_sets: stateful_sets_stream,
         },
@@ -105,7 +101,6 @@ impl Stores {
         self.service_accounts.wait_until_ready().await?;
         self.roles.wait_until_ready().await?;
         self.role_bindings.wait_until_ready().await?;
-        self.secrets.wait_until_ready().await?;
         self.services.wait_until_ready().await?;
         self.stateful_sets.wait_until_ready().await
     }

@@ -82,6 +82,7 @@ unknown keys, as the operator does).
 {{- if and $c.webhooks $c.webhooks.caSecret -}}
 {{- $_ := set $c.webhooks "caSecret" (include "partnerplane.secretRef" (dict "ref" $c.webhooks.caSecret "namespace" $ns) | fromJson) -}}
 {{- end -}}
+{{- $_ := set $c "tenantSecretsClusterRole" (printf "%s-tenant-secrets" (include "partnerplane.fullname" .)) -}}
 {{- toYaml $c -}}
 {{- end -}}
 

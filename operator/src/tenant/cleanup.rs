@@ -19,6 +19,7 @@ use super::children;
 use super::error::Error;
 use super::ownership::{self, Claim};
 use super::reconcile::{claim_namespace, names_of, patch_namespace, patch_status, prune, publish};
+use super::secret_access;
 use super::teardown::{self, Backend, Step, Used};
 use crate::api::conditions::{self, READY};
 use crate::api::tenant::DeletionPolicy;
@@ -172,6 +173,10 @@ async fn cleanup_parts(
             Err(e) => return Err(e),
         }
     }
+    if tenant.spec.deletion_policy == DeletionPolicy::Retain && used.namespace.is_some() {
+        // The namespace stays and is no tenant's any more: nor are its Secrets the operator's.
+        secret_access::revoke(names, ctx).await?;
+    }
     if !abandoned.is_empty() {
         let left: Vec<String> = abandoned
             .iter()
@@ -306,10 +311,12 @@ async fn strip_tenant_owners(
         s.service_accounts,
         s.roles,
         s.role_bindings,
-        s.secrets,
         s.services,
         s.stateful_sets
     );
+    for secret in secret_access::owned(ctx, names, &tenant_name).await? {
+        apply::remove_tenant_owner(&ctx.client, &secret, &ctx.metrics).await?;
+    }
     Ok(())
 }
 
@@ -327,8 +334,9 @@ async fn delete_owned_objects(
     prune(ctx, &s.network_policies, names, &tenant_name, &[]).await?;
     prune(ctx, &s.service_accounts, names, &tenant_name, &[]).await?;
     prune(ctx, &s.roles, names, &tenant_name, &[]).await?;
+    // The Secrets go while the operator's RoleBinding still grants access.
+    secret_access::prune(ctx, names, &tenant_name, &[]).await?;
     prune(ctx, &s.role_bindings, names, &tenant_name, &[]).await?;
-    prune(ctx, &s.secrets, names, &tenant_name, &[]).await?;
     prune(ctx, &s.services, names, &tenant_name, &[]).await?;
     prune(ctx, &s.stateful_sets, names, &tenant_name, &[]).await?;
     let patch = serde_json::json!({"metadata": {

@@ -7,6 +7,7 @@ pub mod dedicated_redis;
 pub mod error;
 pub mod ownership;
 pub mod reconcile;
+pub mod secret_access;
 pub mod status;
 pub mod teardown;
 
@@ -134,7 +135,6 @@ pub async fn run(
         service_accounts,
         roles,
         role_bindings,
-        secrets,
         services,
         stateful_sets,
     } = streams;
@@ -163,7 +163,6 @@ pub async fn run(
         .watches_stream(service_accounts, owner)
         .watches_stream(roles, owner)
         .watches_stream(role_bindings, owner)
-        .watches_stream(secrets, owner)
         .watches_stream(services, owner)
         .watches_stream(stateful_sets, owner)
         .graceful_shutdown_on(shutdown)

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use super::children;
 use super::error::Error;
 use super::ownership::{self, Claim, Origin as NamespaceOrigin};
+use super::secret_access;
 use super::status::{self, PartOutcome};
 use crate::api::conditions::{self, READY, RECONCILING};
 use crate::api::tenant::{PostgresStatus, RedisMode, RedisStatus, SecretStore, VaultStatus};
@@ -158,12 +159,7 @@ pub async fn apply(
         apply_kubernetes(&tenant, &names, &claim, origin, adopting, ctx).await,
     );
     fail::fail_point!("tenant-after-namespace");
-    let secret_was_cached = ctx
-        .stores
-        .secrets
-        .get(&credentials_secret_ref(&names))
-        .is_some();
-    let (credentials, cred_origin) = load_credentials(&tenant, &names, ctx).await;
+    let (credentials, cred_origin, secret_was_read) = load_credentials(&tenant, &names, ctx).await;
     let mut rotated = vec![];
     let database = outcome(
         status::DATABASE_READY,
@@ -198,7 +194,7 @@ pub async fn apply(
             &tenant,
             &names,
             &credentials,
-            (cred_origin, secret_was_cached),
+            (cred_origin, secret_was_read),
             &mut vault_detached,
             ctx,
         )
@@ -439,6 +435,8 @@ async fn apply_kubernetes(
     if adopting || stale_mark {
         release_adoption_mark(tenant, names, ctx).await?;
     }
+    // Before anything here needs a Secret (the workload Role grants one).
+    secret_access::grant(tenant, names, ctx).await?;
     apply_one(ctx, &s.quotas, &children::resource_quota(tenant, names)).await?;
     apply_one(ctx, &s.limit_ranges, &children::limit_range(tenant, names)).await?;
     let policies = children::network_policies(tenant, names, &ctx.settings.backend_egress);
@@ -493,17 +491,29 @@ async fn release_adoption_mark(
     Ok(())
 }
 
-/// The tenant's credentials: from its stores, or new ones.
+/// The tenant's credentials: from its stores, or new ones; and whether
+/// the credentials Secret was there to read.
 async fn load_credentials(
     tenant: &PartnerTenant,
     names: &TenantNames,
     ctx: &Context,
-) -> (Credentials, Origin) {
-    let secret = if stores_in_kubernetes(tenant) || stores_in_vault(tenant) {
-        Some(credentials_from_secret(names, &tenant.name_any(), ctx).await)
+) -> (Credentials, Origin, bool) {
+    let (secret, secret_was_read) = if stores_in_kubernetes(tenant) || stores_in_vault(tenant) {
+        let (read, present) = credentials_from_secret(names, &tenant.name_any(), ctx).await;
+        (Some(read), present)
     } else {
-        None
+        (None, false)
     };
+    let (credentials, origin) = choose_credentials(tenant, names, secret, ctx).await;
+    (credentials, origin, secret_was_read)
+}
+
+async fn choose_credentials(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    secret: Option<StoreRead>,
+    ctx: &Context,
+) -> (Credentials, Origin) {
     // After a move away from Vault/OpenBao, what it holds still counts until
     // it is detached, so the move itself rotates nothing.
     let vault_recorded = tenant.status.as_ref().is_some_and(|s| s.vault.is_some());
@@ -528,42 +538,35 @@ async fn load_credentials(
     }
 }
 
-fn credentials_secret_ref(names: &TenantNames) -> ObjectRef<Secret> {
-    ObjectRef::new(naming::CREDENTIALS_SECRET).within(&names.namespace)
-}
-
-/// Whether the credentials came from the cached Secret, their only store,
-/// and the cache has lost it since: it was deleted while this reconcile ran.
+/// Whether the credentials came from the Secret, their only store, and a
+/// later read no longer finds it: it was deleted while this reconcile ran.
 /// Writing them back would undo the loss that the reconcile its deletion
 /// starts answers with new credentials.
 fn store_lost_while_read(
     origin: Origin,
     only_store_is_the_secret: bool,
-    cached_when_read: bool,
-    cached_now: bool,
+    present_when_read: bool,
+    present_now: bool,
 ) -> bool {
-    origin == Origin::Stored && only_store_is_the_secret && cached_when_read && !cached_now
+    origin == Origin::Stored && only_store_is_the_secret && present_when_read && !present_now
 }
 
-/// The credentials Secret, from the cache or — when the cache does not show
-/// it yet — a live read, so a lagging cache never rotates passwords.
-async fn credentials_from_secret(names: &TenantNames, tenant: &str, ctx: &Context) -> StoreRead {
-    let reference = credentials_secret_ref(names);
-    let secret = match ctx.stores.secrets.get(&reference) {
-        Some(cached) => Some(cached.as_ref().clone()),
-        None => match Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
-            .get_opt(naming::CREDENTIALS_SECRET)
-            .await
-        {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the credentials Secret failed");
-                return StoreRead::Unreadable;
-            }
-        },
+/// The credentials Secret, read live (the operator watches no Secret), and
+/// whether the tenant's Secret was there.
+async fn credentials_from_secret(
+    names: &TenantNames,
+    tenant: &str,
+    ctx: &Context,
+) -> (StoreRead, bool) {
+    let secret = match secret_access::get(ctx, &names.namespace, naming::CREDENTIALS_SECRET).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the credentials Secret failed");
+            return (StoreRead::Unreadable, false);
+        }
     };
     let Some(secret) = secret.filter(|s| children::tenant_of(s).as_deref() == Some(tenant)) else {
-        return StoreRead::Missing;
+        return (StoreRead::Missing, false);
     };
     let map: BTreeMap<String, String> = secret
         .data
@@ -572,8 +575,8 @@ async fn credentials_from_secret(names: &TenantNames, tenant: &str, ctx: &Contex
         .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
         .collect();
     match Credentials::from_map(&map) {
-        Some(c) => StoreRead::Found(c),
-        None => StoreRead::Missing,
+        Some(c) => (StoreRead::Found(c), true),
+        None => (StoreRead::Missing, true),
     }
 }
 
@@ -638,7 +641,7 @@ async fn apply_cache(
             prune(ctx, &s.stateful_sets, names, &tenant_name, &[]).await?;
             prune(ctx, &s.services, names, &tenant_name, &[]).await?;
             let keep = [naming::CREDENTIALS_SECRET.to_string()];
-            prune(ctx, &s.secrets, names, &tenant_name, &keep).await?;
+            secret_access::prune(ctx, names, &tenant_name, &keep).await?;
             Ok(format!(
                 "ACL user {} confined to {}*",
                 names.redis_user, names.redis_key_prefix
@@ -656,10 +659,12 @@ async fn apply_cache(
             }
             let data =
                 super::dedicated_redis::password_secret_data(tenant, &credentials.redis_password);
-            apply_one(
+            let live =
+                secret_access::get(ctx, &names.namespace, children::DEDICATED_REDIS_SECRET).await?;
+            secret_access::apply(
                 ctx,
-                &s.secrets,
                 &children::secret(tenant, names, children::DEDICATED_REDIS_SECRET, &data),
+                live.as_ref(),
             )
             .await?;
             apply_one(
@@ -695,7 +700,7 @@ async fn apply_secrets(
     tenant: &PartnerTenant,
     names: &TenantNames,
     credentials: &Credentials,
-    (origin, secret_was_cached): (Origin, bool),
+    (origin, secret_was_read): (Origin, bool),
     vault_detached: &mut bool,
     ctx: &Context,
 ) -> Result<String, Error> {
@@ -727,21 +732,22 @@ async fn apply_secrets(
     }
     if stores_in_kubernetes(tenant) {
         let vault_recorded = tenant.status.as_ref().is_some_and(|s| s.vault.is_some());
+        let live = secret_access::get(ctx, &names.namespace, naming::CREDENTIALS_SECRET).await?;
+        let present_now = live
+            .as_ref()
+            .is_some_and(|s| children::tenant_of(s).as_deref() == Some(tenant.name_any().as_str()));
         if store_lost_while_read(
             origin,
             !stores_in_vault(tenant) && !vault_recorded,
-            secret_was_cached,
-            ctx.stores
-                .secrets
-                .get(&credentials_secret_ref(names))
-                .is_some(),
+            secret_was_read,
+            present_now,
         ) {
             return Err(Error::Waiting(
                 "the credentials Secret, deleted while it was read, to be replaced".into(),
             ));
         }
         let secret = children::secret(tenant, names, naming::CREDENTIALS_SECRET, &data);
-        apply_one(ctx, &ctx.stores.secrets, &secret).await?;
+        secret_access::apply(ctx, &secret, live.as_ref()).await?;
         stored.push(format!("Secret {}", naming::CREDENTIALS_SECRET));
         if !stores_in_vault(tenant) && tenant.status.as_ref().is_some_and(|s| s.vault.is_some()) {
             // Moved away from Vault/OpenBao: the credentials now live in the
@@ -757,7 +763,7 @@ async fn apply_secrets(
             RedisMode::Dedicated => vec![children::DEDICATED_REDIS_SECRET.to_string()],
             RedisMode::Shared => vec![],
         };
-        prune(ctx, &ctx.stores.secrets, names, &tenant_name, &keep).await?;
+        secret_access::prune(ctx, names, &tenant_name, &keep).await?;
     }
     Ok(format!("credentials in {}", stored.join(" and ")))
 }

@@ -1,0 +1,264 @@
+//! The operator's access to Secrets: only in tenant namespaces, through a
+//! RoleBinding it makes in each one (to a ClusterRole it may `bind` by name)
+//! before anything there needs a Secret. It holds no Secret access
+//! cluster-wide, so it watches no Secret either: the few it keeps are read
+//! by name when a reconcile needs them, and drift in them is repaired at the
+//! next resync.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+use super::children::{self, MANAGED_SELECTOR};
+use super::error::Error;
+use crate::api::PartnerTenant;
+use crate::apply;
+use crate::context::Context;
+use crate::naming::TenantNames;
+
+/// The RoleBinding in each tenant namespace that lets the operator at its Secrets.
+pub const BINDING: &str = "partnerplane-operator-secrets";
+/// The ClusterRole it binds unless the configuration names another.
+pub const DEFAULT_CLUSTER_ROLE: &str = "partnerplane-operator-tenant-secrets";
+
+/// How long a binding just written may take to reach the API server's
+/// authorizer (its RBAC cache follows RoleBindings by watch).
+const EFFECTIVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Who the operator is, as an RBAC subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    ServiceAccount { namespace: String, name: String },
+    User(String),
+}
+
+impl Subject {
+    /// The subject authenticated as `username`.
+    pub fn from_username(username: &str) -> Self {
+        match username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((namespace, name)) => Self::ServiceAccount {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            None => Self::User(username.into()),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::ServiceAccount { namespace, name } => {
+                json!({"kind": "ServiceAccount", "name": name, "namespace": namespace})
+            }
+            Self::User(name) => {
+                json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": name})
+            }
+        }
+    }
+}
+
+/// Which ClusterRole is bound, and to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretAccess {
+    pub cluster_role: String,
+    pub subject: Subject,
+}
+
+/// Asks the API server who this client is.
+pub async fn whoami(client: &kube::Client) -> Result<Subject, kube::Error> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    let username = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default();
+    Ok(Subject::from_username(&username))
+}
+
+/// The operator's RoleBinding in the tenant's namespace.
+pub fn binding(tenant: &PartnerTenant, names: &TenantNames, access: &SecretAccess) -> RoleBinding {
+    children::build(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": children::metadata(tenant, names, BINDING),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": access.cluster_role},
+        "subjects": [access.subject.to_json()],
+    }))
+}
+
+/// Applies the binding; one just written is waited for until the API
+/// server's authorizer grants what it binds.
+pub async fn grant(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let desired = binding(tenant, names, &ctx.settings.secret_access);
+    let wrote = apply::apply_if_changed(
+        &ctx.client,
+        &ctx.stores.role_bindings,
+        &desired,
+        &ctx.metrics,
+    )
+    .await?;
+    if wrote {
+        until_effective(&ctx.client, &names.namespace).await?;
+    }
+    Ok(())
+}
+
+/// Removes the binding: the namespace is no tenant's any more.
+pub async fn revoke(names: &TenantNames, ctx: &Context) -> Result<(), Error> {
+    apply::delete::<RoleBinding>(&ctx.client, Some(&names.namespace), BINDING, &ctx.metrics)
+        .await?;
+    Ok(())
+}
+
+async fn until_effective(client: &kube::Client, namespace: &str) -> Result<(), Error> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some("get".into()),
+                resource: Some("secrets".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let api = Api::<SelfSubjectAccessReview>::all(client.clone());
+    let deadline = tokio::time::Instant::now() + EFFECTIVE_WITHIN;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let answer = api.create(&PostParams::default(), &review).await?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(Error::Waiting(format!(
+                "RoleBinding {namespace}/{BINDING} to grant the operator access to the namespace's Secrets"
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// A fresh read of one Secret.
+pub async fn get(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, kube::Error> {
+    Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+}
+
+/// Applies `desired` unless `live`, a fresh read of it, already matches.
+pub async fn apply(ctx: &Context, desired: &Secret, live: Option<&Secret>) -> Result<bool, Error> {
+    Ok(apply::apply_unless_current(&ctx.client, live, desired, &ctx.metrics).await?)
+}
+
+/// The Secrets of the operator's making for `tenant` in its namespace.
+pub async fn owned(ctx: &Context, names: &TenantNames, tenant: &str) -> Result<Vec<Secret>, Error> {
+    let listed = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
+        .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
+        .await?;
+    Ok(listed
+        .items
+        .into_iter()
+        .filter(|s| children::tenant_of(s).as_deref() == Some(tenant))
+        .map(|s| Secret {
+            metadata: s.metadata,
+            ..Secret::default()
+        })
+        .collect())
+}
+
+/// Deletes the tenant's Secrets whose names are not in `keep`.
+pub async fn prune(
+    ctx: &Context,
+    names: &TenantNames,
+    tenant: &str,
+    keep: &[String],
+) -> Result<(), Error> {
+    for secret in owned(ctx, names, tenant).await? {
+        if !keep.contains(&secret.name_any()) {
+            apply::delete::<Secret>(
+                &ctx.client,
+                Some(&names.namespace),
+                &secret.name_any(),
+                &ctx.metrics,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_account_is_bound_as_one() {
+        assert_eq!(
+            Subject::from_username("system:serviceaccount:partnerplane-system:partnerplane"),
+            Subject::ServiceAccount {
+                namespace: "partnerplane-system".into(),
+                name: "partnerplane".into()
+            }
+        );
+        assert_eq!(
+            Subject::from_username("kubernetes-admin"),
+            Subject::User("kubernetes-admin".into())
+        );
+        // Not a service account's form: bound as the user it names.
+        assert_eq!(
+            Subject::from_username("system:serviceaccount:broken"),
+            Subject::User("system:serviceaccount:broken".into())
+        );
+    }
+
+    #[test]
+    fn the_binding_names_the_cluster_role_and_the_operator() {
+        let spec = serde_yaml::from_str("displayName: Acme").unwrap();
+        let tenant = PartnerTenant::new("acme", spec);
+        let names = TenantNames::new("acme", None);
+        let access = SecretAccess {
+            cluster_role: "pp-tenant-secrets".into(),
+            subject: Subject::from_username("system:serviceaccount:ops:pp"),
+        };
+        let rb = binding(&tenant, &names, &access);
+        assert_eq!(
+            rb.metadata.namespace.as_deref(),
+            Some(names.namespace.as_str())
+        );
+        assert_eq!(rb.role_ref.kind, "ClusterRole");
+        assert_eq!(rb.role_ref.name, "pp-tenant-secrets");
+        let subject = &rb.subjects.clone().unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "pp", Some("ops"))
+        );
+        assert_eq!(children::tenant_of(&rb).as_deref(), Some("acme"));
+    }
+}
