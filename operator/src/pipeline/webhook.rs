@@ -156,7 +156,7 @@ fn target(url: &str) -> Result<Url, DeliveryFailure> {
 }
 
 /// What a response's status means for the delivery.
-fn outcome(host: &str, status: StatusCode) -> Result<(), DeliveryFailure> {
+pub(crate) fn outcome(host: &str, status: StatusCode) -> Result<(), DeliveryFailure> {
     let message = || format!("{host} answered HTTP {status}");
     match status.as_u16() {
         200..=299 => Ok(()),
@@ -194,7 +194,7 @@ fn send_failure(host: &str, error: &reqwest::Error) -> DeliveryFailure {
 
 /// The `webhook-signature` header: `v1,` and the base64 HMAC-SHA256 of
 /// `{id}.{timestamp}.{body}` under the secret's key.
-fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String, DeliveryFailure> {
+pub(crate) fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String, DeliveryFailure> {
     // Standard Webhooks secrets are base64 with or without padding; a
     // trailing newline is what `kubectl create secret --from-file` leaves.
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
