@@ -2,6 +2,7 @@
 //! test bed (`e2e/testbed.sh up`): its addresses and credentials, waiting with
 //! deadlines, installing the CRDs and applying manifests.
 
+pub mod audit;
 pub mod chart;
 pub mod events;
 pub mod kstatus;

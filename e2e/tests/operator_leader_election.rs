@@ -1,10 +1,12 @@
 //! Two replicas with `--leader-elect`: only the one holding the Lease
-//! reconciles and writes; when it is killed mid-provisioning the other
+//! reconciles and writes (the API server's audit log, by user agent, shows
+//! one writer at a time); when it is killed mid-provisioning the other
 //! takes over within the lease duration and finishes the work; a graceful
 //! stop hands the Lease over at once.
 
 use std::time::Duration;
 
+use partnerplane_e2e::audit::{AuditLog, Write, changes_state, is_operator};
 use partnerplane_e2e::pipelines::apply;
 use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition, wait_until};
 use serde_json::json;
@@ -44,10 +46,19 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies_or_steps_down() -
     let id = unique_name("lease");
     let mut args: Vec<&str> = ELECTION.to_vec();
     args.push(&id);
-    let a = Operator::start(&testbed, &shard, &args).await?;
-    let b = Operator::start(&testbed, &shard, &args).await?;
+    let audit = AuditLog::mark(&testbed)?;
+    // Each replica's identity is in its user agent, so the audit log tells their writes apart.
+    let pod = |replica: &str| format!("{shard}-{replica}");
+    let (pod_a, pod_b, pod_c) = (pod("a"), pod("b"), pod("c"));
+    let a = Operator::start_with_env(&testbed, &shard, &args, &[("POD_NAME", &pod_a)]).await?;
+    let b = Operator::start_with_env(&testbed, &shard, &args, &[("POD_NAME", &pod_b)]).await?;
     let first = leader_of(&[&a, &b], Duration::from_secs(30)).await?;
     let (leader, standby) = if first == 0 { (a, b) } else { (b, a) };
+    let (leader_pod, standby_pod) = if first == 0 {
+        (&pod_a, &pod_b)
+    } else {
+        (&pod_b, &pod_a)
+    };
 
     // Only the leader writes.
     let t1 = format!("{shard}-one");
@@ -84,7 +95,7 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies_or_steps_down() -
     wait_condition(&client, &t2, "Ready", "True", Duration::from_secs(90)).await?;
 
     // A graceful stop hands over well within a lease duration.
-    let c = Operator::start(&testbed, &shard, &args).await?;
+    let c = Operator::start_with_env(&testbed, &shard, &args, &[("POD_NAME", &pod_c)]).await?;
     assert!(!leads(&c).await?);
     assert!(standby.stop().await?, "a graceful stop exits 0");
     wait_until(
@@ -96,6 +107,35 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies_or_steps_down() -
     let t3 = format!("{shard}-three");
     apply(&client, &[c.tenant(&t3, json!({"displayName": "Three"}))]).await?;
     wait_condition(&client, &t3, "Ready", "True", Duration::from_secs(90)).await?;
+
+    // The audit log: each replica wrote only while it led, never two at once.
+    let writes_of = |pod: &str| -> anyhow::Result<Vec<Write>> {
+        let tag = format!("({pod}_");
+        Ok(audit
+            .writes(|ua| is_operator(ua) && ua.contains(&tag))?
+            .into_iter()
+            .filter(changes_state)
+            .collect())
+    };
+    let turns = [
+        writes_of(leader_pod)?,
+        writes_of(standby_pod)?,
+        writes_of(&pod_c)?,
+    ];
+    for (who, writes) in ["first leader", "standby", "third replica"]
+        .iter()
+        .zip(&turns)
+    {
+        anyhow::ensure!(!writes.is_empty(), "the {who} wrote nothing while it led");
+    }
+    for pair in turns.windows(2) {
+        let last = pair[0].iter().map(|w| &w.at).max();
+        let first = pair[1].iter().map(|w| &w.at).min();
+        assert!(
+            last < first,
+            "writes overlap: the earlier replica's last at {last:?}, the next one's first at {first:?}"
+        );
+    }
     partnerplane_e2e::tenants::delete_tenants(&client, &[t1, t2, t3]).await?;
     Ok(())
 }

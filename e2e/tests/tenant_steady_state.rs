@@ -9,6 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
+use partnerplane_e2e::audit::{AuditLog, is_operator};
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
 use serde_json::json;
@@ -43,27 +44,6 @@ fn read_from(path: &Path, offset: u64) -> anyhow::Result<String> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     Ok(text)
-}
-
-/// Write requests the operator sent, from the API server's audit log.
-fn operator_writes(audit: &str) -> Vec<String> {
-    audit
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|e| {
-            e["userAgent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("partnerplane/"))
-        })
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["verb"].as_str().unwrap_or("?"),
-                e["requestURI"].as_str().unwrap_or("?")
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -118,7 +98,7 @@ async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()>
         )
         .await?;
 
-        let audit_mark = size(&testbed.audit_log)?;
+        let audit = AuditLog::mark(&testbed)?;
         let pg_mark = size(&testbed.pg_log)?;
         let api_writes = operator.metric_sum("partnerplane_api_writes_total").await?;
         let backend_writes = operator
@@ -150,12 +130,8 @@ async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()>
                 .await?,
             backend_writes
         );
-        let writes = operator_writes(&read_from(&testbed.audit_log, audit_mark)?);
-        assert!(
-            writes.is_empty(),
-            "API writes during resync:\n{}",
-            writes.join("\n")
-        );
+        let writes = audit.writes(is_operator)?;
+        assert!(writes.is_empty(), "API writes during resync:\n{writes:#?}");
         let ddl: Vec<String> = read_from(&testbed.pg_log, pg_mark)?
             .lines()
             .filter(|l| l.contains("statement:") && l.contains(&operator.shard.replace('-', "_")))

@@ -33,10 +33,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut kube_config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
-    // Lets audit logs and API server metrics tell the operator's requests apart.
+    // Lets audit logs and API server metrics tell the operator's requests
+    // apart, and one replica's from another's (the Lease holder's identity).
+    let identity = leader::identity();
     kube_config.headers.push((
         ::http::header::USER_AGENT,
-        ::http::HeaderValue::from_static(concat!("partnerplane/", env!("CARGO_PKG_VERSION"))),
+        ::http::HeaderValue::from_str(&user_agent(&identity))
+            .context("the replica's identity (POD_NAME) is not a valid header value")?,
     ));
     let client = kube::Client::try_from(kube_config)?;
     let version = client
@@ -147,7 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // endpoints, and starts reconciling only once it holds the Lease.
     let election = args.leader_elect.then(|| {
         let lease = leader::lease_name(&args.leader_election_id, args.tenant_selector.as_deref());
-        let identity = leader::identity();
+        let identity = identity.clone();
         tracing::info!(%lease, %identity, namespace = %args.leader_election_namespace, "campaigning for leadership");
         leader::Election::start(
             client.clone(),
@@ -394,6 +397,11 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!(signal = "SIGINT", "received"),
     }
     Ok(())
+}
+
+/// `partnerplane/<version> (<identity>)`.
+fn user_agent(identity: &str) -> String {
+    format!("partnerplane/{} ({identity})", env!("CARGO_PKG_VERSION"))
 }
 
 #[cfg(test)]
