@@ -9,6 +9,7 @@ pub mod kstatus;
 pub mod manifests;
 pub mod metric_oracle;
 pub mod model_standin;
+pub mod n8n;
 pub mod operator;
 pub mod pipelines;
 pub mod report;

@@ -74,6 +74,19 @@ impl Testbed {
         })
     }
 
+    /// n8n's URL and the operator's API key.
+    pub fn n8n(&self) -> anyhow::Result<(String, String)> {
+        let get = |key: &str| {
+            self.vars.get(key).cloned().with_context(|| {
+                format!("{key} missing from e2e/.testbed/env — run e2e/testbed.sh up again")
+            })
+        };
+        Ok((
+            get("PARTNERPLANE_N8N_URL")?,
+            get("PARTNERPLANE_N8N_API_KEY")?,
+        ))
+    }
+
     /// The API server's address, e.g. `https://127.0.0.1:20123`.
     pub fn api_server(&self) -> anyhow::Result<String> {
         let text = std::fs::read_to_string(&self.kubeconfig)?;

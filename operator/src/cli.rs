@@ -112,6 +112,12 @@ pub struct RunArgs {
     #[arg(long, env = "PARTNERPLANE_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
 
+    /// Folder of workflow template files (`*.json`, the form of
+    /// `operator/workflows/templates/`) replacing the built-in templates of
+    /// the same kind.
+    #[arg(long, env = "PARTNERPLANE_WORKFLOW_TEMPLATES")]
+    pub workflow_templates: Option<std::path::PathBuf>,
+
     /// Address blocks (comma-separated CIDRs) where the shared backends named
     /// by a host name rather than an IP address live. Tenant network policies
     /// allow egress only to each backend's address on its port: a backend

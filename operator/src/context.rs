@@ -215,6 +215,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
+    /// The n8n tenants' workflow templates go to, when configured.
+    pub workflows: Option<Arc<crate::workflows::Engine>>,
     /// True once every watch cache holds its initial list.
     pub caches_ready: tokio::sync::watch::Receiver<bool>,
 }

@@ -81,6 +81,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let (redis_host, redis_port) = host_port(&redis_url, 6379)?;
+    let workflows = crate::workflows::Engine::from_config(
+        config.n8n.as_ref(),
+        &client,
+        config.backend_timeout,
+        args.workflow_templates.as_deref(),
+    )
+    .await?;
 
     let endpoints = Endpoints {
         postgres: endpoints_pg,
@@ -136,6 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         recorder,
         backoff: Backoff::default(),
+        workflows: workflows.clone(),
         caches_ready,
     });
 
@@ -194,6 +202,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shared: ctx.clone(),
         postgres: pipeline_postgres,
         webhooks: WebhookClient::new(&config.webhooks, &client).await?,
+        workflows: workflows.clone(),
         backoff: Backoff::default(),
     });
     let pipelines = tokio::spawn(pipeline::run(

@@ -441,6 +441,10 @@ pub struct PartnerTenantStatus {
     /// Secret in the tenant namespace holding the generated credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+
+    /// The tenant's workflows and credentials in n8n, while it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflows: Option<WorkflowsStatus>,
 }
 
 /// What the operator provisioned in n8n for the tenant.

@@ -12,5 +12,7 @@ pub struct PipelineContext {
     pub shared: Arc<Context>,
     pub postgres: Postgres,
     pub webhooks: super::webhook::WebhookClient,
+    /// Breach deliveries to tenants' workflows go through it.
+    pub workflows: Option<Arc<crate::workflows::Engine>>,
     pub backoff: Backoff,
 }

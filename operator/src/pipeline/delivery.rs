@@ -15,12 +15,26 @@ use super::owner::TenantDatabase;
 use super::reconcile::{as_tenant, key_of, publish};
 use super::telemetry::OutcomeLabels;
 use super::{outbox, webhook};
-use crate::api::pipeline::MetricPipeline;
+use crate::api::pipeline::{BreachActionKind, MetricPipeline};
 use crate::naming::TenantNames;
+use crate::workflows;
 use kube::runtime::events::EventType;
 
 /// Deliveries sent per reconcile; the rest wait for the next one.
 const BATCH: i64 = 20;
+
+/// Where the pipeline's breaches go: each webhook's URL, and for each
+/// Workflow action its tenant workflow's target (resolved at delivery).
+pub fn targets(spec: &crate::api::pipeline::MetricPipelineSpec) -> Vec<String> {
+    spec.on_breach
+        .iter()
+        .filter_map(|a| match a.kind {
+            BreachActionKind::Webhook => a.url.clone(),
+            BreachActionKind::Workflow => a.workflow.map(workflows::delivery::target),
+            BreachActionKind::Event | BreachActionKind::Condition => None,
+        })
+        .collect()
+}
 
 /// Sends what is due; returns how long until the next attempt, if any is
 /// pending. Failures are logged and retried later, never fatal to the
@@ -44,7 +58,7 @@ async fn deliver(
     db: &TenantDatabase,
     ctx: &PipelineContext,
 ) -> Result<Option<Duration>, Error> {
-    if !pipeline.spec.on_breach.iter().any(|a| a.url.is_some()) {
+    if targets(&pipeline.spec).is_empty() {
         return Ok(None);
     }
     let key = key_of(pipeline);
@@ -61,12 +75,33 @@ async fn deliver(
             .on_breach
             .iter()
             .find(|a| a.url.as_deref() == Some(delivery.url.as_str()));
-        let outcome = match action.and_then(|a| a.signing_secret.as_ref()) {
-            None => Err(webhook::DeliveryFailure {
+        let workflow = workflows::delivery::template_of(&delivery.url);
+        let outcome = match (workflow, action.and_then(|a| a.signing_secret.as_ref())) {
+            (Some(template), _)
+                if pipeline
+                    .spec
+                    .on_breach
+                    .iter()
+                    .any(|a| a.workflow == Some(template)) =>
+            {
+                workflows::delivery::deliver(
+                    ctx.workflows.as_deref(),
+                    &db.tenant,
+                    template,
+                    delivery,
+                    Timestamp::now(),
+                )
+                .await
+            }
+            (Some(_), _) => Err(webhook::DeliveryFailure {
+                retryable: false,
+                message: "the workflow is no longer in the pipeline's spec".into(),
+            }),
+            (None, None) => Err(webhook::DeliveryFailure {
                 retryable: false,
                 message: "the webhook is no longer in the pipeline's spec".into(),
             }),
-            Some(secret_ref) => {
+            (None, Some(secret_ref)) => {
                 let namespace = pipeline.namespace().unwrap_or_default();
                 let names = TenantNames::new(&db.tenant, Some(&namespace));
                 match crate::key_ref::read(&ctx.shared, &namespace, &names, secret_ref).await {
@@ -118,10 +153,13 @@ async fn deliver(
                         format!(
                             "gave up delivering {} to {}: {}",
                             delivery.id,
-                            reqwest::Url::parse(&delivery.url)
-                                .ok()
-                                .and_then(|u| u.host_str().map(str::to_string))
-                                .unwrap_or_else(|| "the webhook".into()),
+                            match workflow {
+                                Some(template) => format!("the tenant's {template:?} workflow"),
+                                None => reqwest::Url::parse(&delivery.url)
+                                    .ok()
+                                    .and_then(|u| u.host_str().map(str::to_string))
+                                    .unwrap_or_else(|| "the webhook".into()),
+                            },
                             failure.message
                         ),
                     )

@@ -232,11 +232,7 @@ async fn refresh(
     let report = sql::refresh(&tx, &target, &key, spec, SAMPLE_KEYS).await?;
     let forecasts = forecasts(&tx, &target, &key, pipeline, &report).await?;
     let evaluations = evaluations(pipeline, &report);
-    let urls: Vec<String> = spec
-        .on_breach
-        .iter()
-        .filter_map(|a| a.url.clone())
-        .collect();
+    let urls = delivery::targets(spec);
     let transitions = outbox::record(
         &tx,
         &target.schema,

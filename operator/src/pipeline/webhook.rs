@@ -194,7 +194,12 @@ fn send_failure(host: &str, error: &reqwest::Error) -> DeliveryFailure {
 
 /// The `webhook-signature` header: `v1,` and the base64 HMAC-SHA256 of
 /// `{id}.{timestamp}.{body}` under the secret's key.
-pub(crate) fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String, DeliveryFailure> {
+pub(crate) fn sign(
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &str,
+) -> Result<String, DeliveryFailure> {
     // Standard Webhooks secrets are base64 with or without padding; a
     // trailing newline is what `kubectl create secret --from-file` leaves.
     const LENIENT: GeneralPurpose = GeneralPurpose::new(

@@ -130,6 +130,11 @@ async fn used_of(
         shared_redis: status.redis.as_ref().is_some_and(|r| r.user.is_some()),
         vault: status.vault.is_some(),
         namespace,
+        workflows: status
+            .workflows
+            .as_ref()
+            .filter(|w| !w.workflows.is_empty() || !w.credentials.is_empty())
+            .map(|_| ctx.workflows.is_some()),
     })
 }
 
@@ -195,6 +200,10 @@ async fn cleanup_parts(
     Ok(done)
 }
 
+fn no_n8n() -> Error {
+    Error::BackendNotConfigured("n8n is no longer configured".into())
+}
+
 fn left_behind(
     backend: Backend,
     tenant: &PartnerTenant,
@@ -225,6 +234,10 @@ fn left_behind(
             ctx.vault.kv_mount(),
             names.vault_path
         ),
+        Backend::Workflows => format!(
+            "n8n: workflows tagged {} and their credentials",
+            crate::workflows::names::tag(&tenant.name_any())
+        ),
     }
 }
 
@@ -253,6 +266,17 @@ async fn run_step(
         Step::DeleteRedisKeys => {
             ctx.redis.delete_keys(&names.redis_key_prefix).await?;
             format!("Redis keys {}* deleted", names.redis_key_prefix)
+        }
+        Step::DeleteWorkflows => {
+            let engine = ctx.workflows.as_deref().ok_or_else(no_n8n)?;
+            let recorded = tenant.status.as_ref().and_then(|s| s.workflows.as_ref());
+            crate::workflows::cleanup::delete_all(engine, &tenant.name_any(), recorded).await?;
+            "workflows and credentials removed from n8n".into()
+        }
+        Step::DeactivateWorkflows => {
+            let engine = ctx.workflows.as_deref().ok_or_else(no_n8n)?;
+            crate::workflows::cleanup::deactivate_all(engine, &tenant.name_any()).await?;
+            "workflows deactivated in n8n, kept with their credentials".into()
         }
         Step::DetachVault => {
             ctx.vault.detach(names).await?;

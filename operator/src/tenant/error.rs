@@ -1,6 +1,7 @@
 //! Errors of the tenant controller. Each has a fixed category, used as the
 //! Event reason, the condition reason and the metric label.
 
+use crate::backends::n8n::N8nError;
 use crate::backends::postgres::PostgresError;
 use crate::backends::redis::RedisError;
 use crate::backends::vault::VaultError;
@@ -15,6 +16,8 @@ pub enum Error {
     Redis(#[from] RedisError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Workflows(#[from] N8nError),
     #[error("{0}")]
     InvalidSpec(String),
     #[error("{0}")]
@@ -45,6 +48,7 @@ impl Error {
             Self::Redis(_) => "RedisUnavailable",
             Self::Vault(VaultError::Unavailable(_)) => "VaultUnavailable",
             Self::Vault(VaultError::Refused { .. }) => "VaultRefused",
+            Self::Workflows(e) => e.reason(),
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::NamespaceNotOwned(_) => "NamespaceNotOwned",
             Self::BackendNotConfigured(_) => "BackendNotConfigured",

@@ -10,6 +10,7 @@ pub mod reconcile;
 pub mod secret_access;
 pub mod status;
 pub mod teardown;
+pub mod workflows;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;

@@ -215,7 +215,9 @@ pub async fn apply(
         )
         .await;
     }
-    let parts = [namespace, database, cache, secrets];
+    let workflows = super::workflows::apply(&tenant, &names, &credentials, cred_origin, ctx).await;
+    fail::fail_point!("tenant-after-workflows");
+    let parts = [namespace, database, cache, secrets, workflows.part];
 
     let mut status = intended_status(&tenant, &names, &previous, ctx);
     status.observed_generation = tenant.metadata.generation;
@@ -223,6 +225,7 @@ pub async fn apply(
     if vault_detached {
         status.vault = None;
     }
+    status.workflows = workflows.status;
     if tenant.spec.redis.mode == RedisMode::Dedicated
         && parts[2].ready
         && let Some(redis) = status.redis.as_mut()
@@ -321,6 +324,7 @@ fn intended_status(
         }),
         credentials_secret: stores_in_kubernetes(tenant)
             .then(|| naming::CREDENTIALS_SECRET.to_string()),
+        workflows: previous.workflows.clone(),
     }
 }
 

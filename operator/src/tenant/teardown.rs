@@ -21,6 +21,7 @@ pub enum Backend {
     Postgres,
     Redis,
     Vault,
+    Workflows,
 }
 
 impl Backend {
@@ -29,6 +30,7 @@ impl Backend {
             Self::Postgres => "postgres",
             Self::Redis => "redis",
             Self::Vault => "vault",
+            Self::Workflows => "n8n",
         }
     }
 }
@@ -38,7 +40,12 @@ pub fn parse_abandon(value: Option<&str>) -> BTreeSet<Backend> {
     let mut out = BTreeSet::new();
     for word in value.unwrap_or_default().split(',').map(str::trim) {
         match word {
-            "all" => out.extend([Backend::Postgres, Backend::Redis, Backend::Vault]),
+            "all" => out.extend([
+                Backend::Postgres,
+                Backend::Redis,
+                Backend::Vault,
+                Backend::Workflows,
+            ]),
             "postgres" => {
                 out.insert(Backend::Postgres);
             }
@@ -47,6 +54,9 @@ pub fn parse_abandon(value: Option<&str>) -> BTreeSet<Backend> {
             }
             "vault" | "openbao" => {
                 out.insert(Backend::Vault);
+            }
+            "n8n" | "workflows" => {
+                out.insert(Backend::Workflows);
             }
             _ => {}
         }
@@ -66,6 +76,9 @@ pub struct Used {
     pub vault: bool,
     /// The namespace, when it is the tenant's.
     pub namespace: Option<Origin>,
+    /// Workflows and credentials in n8n, and whether the operator's
+    /// configuration still names n8n.
+    pub workflows: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +89,10 @@ pub enum Step {
     DeleteRedisKeys,
     DetachVault,
     DeleteVaultSecrets,
+    /// Stop the tenant's workflows in n8n; they and their credentials stay.
+    DeactivateWorkflows,
+    /// Remove the tenant's workflows, credentials and tag from n8n.
+    DeleteWorkflows,
     /// The operator created the namespace: it goes with everything in it.
     DeleteNamespace,
     /// An adopted namespace stays; the operator's objects in it go.
@@ -89,6 +106,7 @@ impl Step {
             Self::DisablePostgres(_) | Self::DropPostgres(_) => Some(Backend::Postgres),
             Self::RemoveRedisUser | Self::DeleteRedisKeys => Some(Backend::Redis),
             Self::DetachVault | Self::DeleteVaultSecrets => Some(Backend::Vault),
+            Self::DeactivateWorkflows | Self::DeleteWorkflows => Some(Backend::Workflows),
             Self::DeleteNamespace | Self::DeleteOwnedObjects => None,
         }
     }
@@ -107,6 +125,21 @@ pub struct Plan {
 pub fn plan(policy: DeletionPolicy, used: &Used, abandon: &BTreeSet<Backend>) -> Plan {
     let delete = policy == DeletionPolicy::Delete;
     let mut plan = Plan::default();
+    // Workflows stop first: none runs while the access it uses goes.
+    match used.workflows {
+        Some(false) if abandon.contains(&Backend::Workflows) => {
+            plan.abandoned.push(Backend::Workflows)
+        }
+        Some(false) => {
+            plan.blocked = Some(format!(
+                "n8n is no longer configured, so the tenant's workflows there cannot be removed or stopped; \
+                 configure it again, or annotate the tenant {ABANDON}=n8n to leave them behind"
+            ))
+        }
+        Some(true) if delete => plan.steps.push(Step::DeleteWorkflows),
+        Some(true) => plan.steps.push(Step::DeactivateWorkflows),
+        None => {}
+    }
     if let Some((backend, configured)) = &used.postgres {
         if !configured && abandon.contains(&Backend::Postgres) {
             plan.abandoned.push(Backend::Postgres);
@@ -153,6 +186,7 @@ mod tests {
             shared_redis: true,
             vault: true,
             namespace: Some(Origin::Created),
+            workflows: None,
         }
     }
 
@@ -192,6 +226,7 @@ mod tests {
             shared_redis: false,
             vault: false,
             namespace: None,
+            workflows: None,
         };
         let p = plan(DeletionPolicy::Delete, &used, &BTreeSet::new());
         assert_eq!(p.steps, vec![Step::DropPostgres("default".into())]);

@@ -29,6 +29,31 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// The engine the configuration names, if any, with the templates of
+    /// `templates_dir` replacing the embedded ones of the same kind.
+    pub async fn from_config(
+        config: Option<&crate::config::N8nConfig>,
+        client: &kube::Client,
+        timeout: Duration,
+        templates_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<std::sync::Arc<Self>>> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let api_key = config.api_key_secret.read(client).await?;
+        let ca = match &config.ca_secret {
+            Some(secret) => Some(secret.read(client).await?),
+            None => None,
+        };
+        let catalog = match templates_dir {
+            Some(dir) => Catalog::with_overrides(dir)?,
+            None => Catalog::embedded(),
+        };
+        let engine = Self::new(&config.url, &api_key, ca.as_deref(), timeout, catalog)?;
+        tracing::info!(n8n = %engine.n8n.base_url(), "workflow templates go to n8n");
+        Ok(Some(std::sync::Arc::new(engine)))
+    }
+
     pub fn new(
         url: &str,
         api_key: &str,
