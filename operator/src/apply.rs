@@ -290,6 +290,68 @@ pub async fn apply_unless_current<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
+    Ok(written_unless_current(client, live, desired, metrics)
+        .await?
+        .is_some())
+}
+
+/// Applies `desired` unless the object is known to match it. `cached` holds
+/// only metadata: an object at the version the operator last confirmed for
+/// this same wish is left alone without a read; any other is read in full,
+/// by name, and compared (additions by other managers included). Own writes
+/// are recorded so their watch events start no reconcile.
+pub async fn apply_to_indexed<K>(
+    client: &kube::Client,
+    cached: &crate::index::Indexed<K>,
+    desired: &K,
+    metrics: &Metrics,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let wish = crate::verified::fingerprint(
+        &serde_json::to_value(desired).map_err(kube::Error::SerdeError)?,
+    );
+    let namespace = desired.namespace();
+    let name = desired.name_any();
+    let live: Option<K> = match cached.meta_of(&name, namespace.as_deref()) {
+        Some(meta) if cached.verified.holds(&meta.metadata, wish) => return Ok(false),
+        Some(_) => match api_for::<K>(client, namespace.as_deref())
+            .get_opt(&name)
+            .await?
+        {
+            Some(found) => Some(
+                serde_json::from_value(
+                    serde_json::to_value(found).map_err(kube::Error::SerdeError)?,
+                )
+                .map_err(kube::Error::SerdeError)?,
+            ),
+            None => None,
+        },
+        None => None,
+    };
+    let written = written_unless_current(client, live.as_ref(), desired, metrics).await?;
+    match (&written, &live) {
+        (Some(written), _) => {
+            cached.own_writes.record(written);
+            cached.verified.record(&written.metadata, wish);
+        }
+        (None, Some(live)) => cached.verified.record(live.meta(), wish),
+        (None, None) => {}
+    }
+    Ok(written.is_some())
+}
+
+/// The object as written, or `None` when `live` already matched.
+async fn written_unless_current<K>(
+    client: &kube::Client,
+    live: Option<&K>,
+    desired: &K,
+    metrics: &Metrics,
+) -> Result<Option<DynamicObject>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
     let desired_json = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
     let api = api_for::<K>(client, desired.namespace().as_deref());
     if let Some(live) = live {
@@ -301,17 +363,18 @@ where
                 count_write::<K>(metrics);
             }
         } else if is_subset(&desired_json, &live_json) && !owned_by_a_tenant(live) {
-            return Ok(false);
+            return Ok(None);
         }
     }
-    api.patch(
-        &desired.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired_json),
-    )
-    .await?;
+    let written = api
+        .patch(
+            &desired.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired_json),
+        )
+        .await?;
     count_write::<K>(metrics);
-    Ok(true)
+    Ok(Some(written))
 }
 
 /// Replaces the object with the other managers' claimed fields removed,

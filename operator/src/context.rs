@@ -12,26 +12,26 @@ use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
 use rand::Rng;
 
 use crate::backends::postgres::Postgres;
 use crate::backends::redis::Redis;
 use crate::backends::vault::Vault;
+use crate::index::Indexed;
 use crate::metrics::Metrics;
 
 /// Watch caches of the objects the operator owns (selected by label).
 #[derive(Clone)]
 pub struct Stores {
-    pub namespaces: Store<Namespace>,
-    pub quotas: Store<ResourceQuota>,
-    pub limit_ranges: Store<LimitRange>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    pub services: Store<Service>,
-    pub stateful_sets: Store<StatefulSet>,
+    pub namespaces: Indexed<Namespace>,
+    pub quotas: Indexed<ResourceQuota>,
+    pub limit_ranges: Indexed<LimitRange>,
+    pub network_policies: Indexed<NetworkPolicy>,
+    pub service_accounts: Indexed<ServiceAccount>,
+    pub roles: Indexed<Role>,
+    pub role_bindings: Indexed<RoleBinding>,
+    pub services: Indexed<Service>,
+    pub stateful_sets: Indexed<StatefulSet>,
 }
 
 /// Settings that shape reconciles.

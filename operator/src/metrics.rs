@@ -181,18 +181,27 @@ impl Metrics {
 
     /// Records a tenant's readiness (`None` when it is gone).
     pub fn set_tenant_ready(&self, tenant: &str, ready: Option<bool>) {
+        // Moves one tenant between the two counts: constant work per call,
+        // whatever the number of tenants.
         let mut map = self.tenant_readiness.lock().expect("metrics lock");
-        match ready {
+        let before = match ready {
             Some(r) => map.insert(tenant.to_string(), r),
             None => map.remove(tenant),
         };
-        let ready_count = map.values().filter(|r| **r).count() as i64;
-        self.tenants
-            .get_or_create(&ReadyLabels { ready: "true" })
-            .set(ready_count);
-        self.tenants
-            .get_or_create(&ReadyLabels { ready: "false" })
-            .set(map.len() as i64 - ready_count);
+        let gauge = |ready: bool| {
+            self.tenants.get_or_create(&ReadyLabels {
+                ready: if ready { "true" } else { "false" },
+            })
+        };
+        if before == ready {
+            return;
+        }
+        if let Some(was) = before {
+            gauge(was).dec();
+        }
+        if let Some(is) = ready {
+            gauge(is).inc();
+        }
     }
 }
 
@@ -229,7 +238,12 @@ mod tests {
             })
             .inc();
         metrics.set_tenant_ready("a", Some(true));
+        metrics.set_tenant_ready("b", Some(true));
+        metrics.set_tenant_ready("b", Some(true));
         metrics.set_tenant_ready("b", Some(false));
+        metrics.set_tenant_ready("c", Some(false));
+        metrics.set_tenant_ready("c", None);
+        metrics.set_tenant_ready("gone", None);
         let text = metrics.encode();
         assert!(
             text.contains("partnerplane_build_info{version=\""),
@@ -241,6 +255,10 @@ mod tests {
         );
         assert!(
             text.contains("partnerplane_tenants{ready=\"true\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("partnerplane_tenants{ready=\"false\"} 1"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));

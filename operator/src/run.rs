@@ -103,7 +103,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
-    let (stores, streams) = watches::build(&client);
+    tenant::shard::serve(args.tenant_selector.as_deref());
+    let (stores, streams) = watches::build(&client, args.tenant_selector.as_deref());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

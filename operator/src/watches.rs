@@ -8,15 +8,18 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
-use crate::apply;
 use crate::context::Stores;
+use crate::index::{Index, Indexed, KeyFn, by_namespace};
+use crate::own_writes::OwnWrites;
 use crate::tenant::children::MANAGED_SELECTOR;
+use crate::verified::Verified;
 
-type ChildStream<K> = BoxStream<'static, Result<K, watcher::Error>>;
+type ChildStream<K> = BoxStream<'static, Result<PartialObjectMeta<K>, watcher::Error>>;
 
 /// The event streams behind [`Stores`], for the controller to drive.
 pub struct ChildStreams {
@@ -31,40 +34,79 @@ pub struct ChildStreams {
     pub stateful_sets: ChildStream<k8s_openapi::api::apps::v1::StatefulSet>,
 }
 
-fn reflect<K>(client: &kube::Client) -> (Store<K>, ChildStream<K>)
+/// A metadata-only watch: existence, labels, annotations, owners and the
+/// resourceVersion are all the decisions read from the cache; an object
+/// whose version changed since the operator last confirmed it is read in
+/// full, by name (see `apply::apply_to_indexed`). The cache then costs the
+/// same whatever the objects' bodies hold.
+fn reflect<K>(client: &kube::Client, selector: &str, key: KeyFn) -> (Indexed<K>, ChildStream<K>)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let api: Api<K> = Api::all(client.clone());
-    let config = watcher::Config::default()
-        .labels(MANAGED_SELECTOR)
-        .any_semantic();
+    let index = Index::new(key);
+    let own_writes = OwnWrites::default();
+    let verified = Verified::default();
+    let (filer, echoes, confirmed) = (index.clone(), own_writes.clone(), verified.clone());
+    // `PartialObjectMeta` makes the list and watch requests metadata-only.
+    let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
+    let config = watcher::Config::default().labels(selector).any_semantic();
     let stream = watcher(api, config)
-        // Only other managers' entries tell drift (see `apply`); a converged
-        // object has none, so the caches stay as small as without them.
-        .map_ok(|event| {
+        .map_ok(move |event| {
+            // Nothing reads managedFields from the cache: drift shows as a
+            // new resourceVersion, and the full read carries them.
+            let event = event.modify(|object| object.metadata.managed_fields = None);
+            filer.observe(&event);
+            if let watcher::Event::Delete(object) = &event {
+                confirmed.forget(&object.metadata);
+            }
             event
-                .modify(|object| apply::keep_foreign_entries(&mut object.meta_mut().managed_fields))
         })
         .default_backoff()
         .reflect(writer)
         .touched_objects()
+        // The cache follows every event; only others' changes wake the tenant.
+        .try_filter(move |object| std::future::ready(!echoes.is_echo(object)))
         .boxed();
-    (reader, stream)
+    (
+        Indexed {
+            store: reader,
+            index,
+            own_writes,
+            verified,
+        },
+        stream,
+    )
+}
+
+/// Namespaces are filed under the tenant they record (to find one kept from
+/// an earlier tenant of the same name).
+fn by_tenant_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    meta.annotations
+        .as_ref()?
+        .get(crate::tenant::ownership::TENANT_NAME)
+        .cloned()
 }
 
 /// Starts nothing by itself: the streams run once the controller polls them.
-pub fn build(client: &kube::Client) -> (Stores, ChildStreams) {
-    let (namespaces, namespaces_stream) = reflect(client);
-    let (quotas, quotas_stream) = reflect(client);
-    let (limit_ranges, limit_ranges_stream) = reflect(client);
-    let (network_policies, network_policies_stream) = reflect(client);
-    let (service_accounts, service_accounts_stream) = reflect(client);
-    let (roles, roles_stream) = reflect(client);
-    let (role_bindings, role_bindings_stream) = reflect(client);
-    let (services, services_stream) = reflect(client);
-    let (stateful_sets, stateful_sets_stream) = reflect(client);
+/// `tenant_selector`: the shard's; its tenants' objects carry the labels it
+/// reads, so each watch holds only the shard's objects.
+pub fn build(client: &kube::Client, tenant_selector: Option<&str>) -> (Stores, ChildStreams) {
+    let selector = match tenant_selector {
+        Some(shard) => format!("{MANAGED_SELECTOR},{shard}"),
+        None => MANAGED_SELECTOR.to_string(),
+    };
+    let (namespaces, namespaces_stream) = reflect(client, &selector, by_tenant_name);
+    let (quotas, quotas_stream) = reflect(client, &selector, by_namespace);
+    let (limit_ranges, limit_ranges_stream) = reflect(client, &selector, by_namespace);
+    let (network_policies, network_policies_stream) = reflect(client, &selector, by_namespace);
+    let (service_accounts, service_accounts_stream) = reflect(client, &selector, by_namespace);
+    let (roles, roles_stream) = reflect(client, &selector, by_namespace);
+    let (role_bindings, role_bindings_stream) = reflect(client, &selector, by_namespace);
+    let (services, services_stream) = reflect(client, &selector, by_namespace);
+    let (stateful_sets, stateful_sets_stream) = reflect(client, &selector, by_namespace);
     (
         Stores {
             namespaces,

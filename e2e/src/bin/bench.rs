@@ -1,8 +1,10 @@
 //! `make bench`: N PartnerTenants from apply to all Ready on the local test
 //! bed, against a floor that issues the same backend operations directly.
 //!
-//! Prints throughput, apply→Ready latency percentiles, API writes per tenant
-//! and the operator's peak RSS, then the floor's time and the ratio.
+//! Prints throughput, apply→Ready latency percentiles, API writes and
+//! backend ensures per tenant and the operator's peak RSS, then the floor's
+//! time and the ratio (`--no-floor` skips the floor). Each phase starts once
+//! the previous one's namespaces are gone, not only terminating.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use partnerplane::metrics::Metrics;
 use partnerplane::naming::TenantNames;
 use partnerplane::tenant::children;
 use partnerplane::tenant::ownership::Origin;
+use partnerplane::tenant::secret_access::{self, SecretAccess};
 use partnerplane_e2e::report::percentile;
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name};
@@ -173,6 +176,35 @@ async fn run_operator(
     Ok((run, names))
 }
 
+/// Waits until `namespaces` are gone, not only terminating: the next phase
+/// is timed on a quiet cluster.
+async fn namespaces_gone(client: &kube::Client, namespaces: &[String]) -> anyhow::Result<()> {
+    let wanted: std::collections::HashSet<&String> = namespaces.iter().collect();
+    let started = Instant::now();
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    partnerplane_e2e::wait_until(
+        "the previous phase's namespaces to be gone",
+        Duration::from_secs(1800),
+        || async {
+            let left = api
+                .list_metadata(&Default::default())
+                .await?
+                .items
+                .iter()
+                .filter(|n| n.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
+                .count();
+            Ok((left == 0).then_some(()))
+        },
+    )
+    .await?;
+    println!(
+        "teardown: {} namespaces gone {:.0} s after their tenants",
+        wanted.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The same backend operations, issued directly: server-side applies of the
 /// tenant's objects, its Postgres statements, its ACL user and its Vault
 /// policy, auth role and credentials — no controller, no caches, no status.
@@ -198,6 +230,11 @@ async fn run_floor(
     let redis = Redis::connect(&testbed.redis_admin_url, timeout, metrics.clone()).await?;
     let vault = Vault::new(&config.vault, &testbed.bao_token, timeout, metrics.clone())?;
     let prefix = unique_name("floor");
+    let access = SecretAccess {
+        cluster_role: config.tenant_secrets_cluster_role.clone(),
+        subject: secret_access::whoami(client).await?,
+    };
+    let access = &access;
     let started = Instant::now();
     let names: Vec<TenantNames> = stream::iter(0..tenants)
         .map(|i| {
@@ -217,6 +254,7 @@ async fn run_floor(
                     serde_json::to_value(children::service_account(&tenant, &names))?,
                     serde_json::to_value(children::role(&tenant, &names))?,
                     serde_json::to_value(children::role_binding(&tenant, &names))?,
+                    serde_json::to_value(secret_access::binding(&tenant, &names, &access))?,
                 ];
                 for policy in children::network_policies(&tenant, &names, &Default::default()) {
                     objects.push(serde_json::to_value(policy)?);
@@ -302,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
         "partnerplane bench: {tenants} tenants, {cores} cores, apply concurrency {CONCURRENCY}"
     );
 
-    let (run, _) = run_operator(&testbed, &client, tenants).await?;
+    let (run, operator_tenants) = run_operator(&testbed, &client, tenants).await?;
     println!(
         "one tenant, idle operator: apply -> Ready p50 {:.0} ms, p99 {:.0} ms (20 tenants, one at a time)",
         percentile(&run.idle, 0.5).as_secs_f64() * 1e3,
@@ -330,7 +368,17 @@ async fn main() -> anyhow::Result<()> {
         None => println!("operator peak RSS: unavailable"),
     }
 
-    let (floor, _) = run_floor(&testbed, &client, tenants).await?;
+    if std::env::args().any(|a| a == "--no-floor") {
+        return Ok(());
+    }
+    let operator_namespaces: Vec<String> = operator_tenants
+        .iter()
+        .map(|t| TenantNames::new(t, None).namespace)
+        .collect();
+    namespaces_gone(&client, &operator_namespaces).await?;
+    let (floor, floor_names) = run_floor(&testbed, &client, tenants).await?;
+    let floor_namespaces: Vec<String> = floor_names.iter().map(|n| n.namespace.clone()).collect();
+    namespaces_gone(&client, &floor_namespaces).await?;
     println!(
         "floor (same backend operations, issued directly): {:.1} s",
         floor.as_secs_f64()

@@ -150,14 +150,13 @@ pub(super) async fn owner_of(
         .namespaces
         .get(&ObjectRef::new(&namespace));
     let live = match cached {
-        Some(ns) => Some(ns.as_ref().clone()),
-        None => {
-            Api::<Namespace>::all(ctx.shared.client.clone())
-                .get_opt(&namespace)
-                .await?
-        }
+        Some(ns) => Some(ns.metadata.clone()),
+        None => Api::<Namespace>::all(ctx.shared.client.clone())
+            .get_opt(&namespace)
+            .await?
+            .map(|ns| ns.metadata),
     };
-    let annotations = live.map(|ns| ns.metadata.annotations.unwrap_or_default());
+    let annotations = live.map(|meta| meta.annotations.unwrap_or_default());
     let tenant = match annotations.as_ref().and_then(owner::tenant_name) {
         Some(name) => {
             Api::<PartnerTenant>::all(ctx.shared.client.clone())

@@ -34,6 +34,14 @@ pub fn labels(tenant: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// [`labels`], and the tenant's values of the labels the shard's selector
+/// reads (see [`super::shard`]): the labels of every object of the tenant.
+pub fn tenant_labels(tenant: &PartnerTenant) -> BTreeMap<String, String> {
+    let mut all = super::shard::labels(tenant);
+    all.extend(labels(&tenant.name_any()));
+    all
+}
+
 /// Label selector of everything the operator manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=partnerplane";
 /// Annotation with the tenant's full name (labels are limited to 63 characters).
@@ -47,7 +55,7 @@ pub(crate) fn metadata(tenant: &PartnerTenant, names: &TenantNames, name: &str) 
     json!({
         "name": name,
         "namespace": names.namespace,
-        "labels": labels(&tenant.name_any()),
+        "labels": tenant_labels(tenant),
         "annotations": {TENANT_ANNOTATION: tenant.name_any()},
     })
 }
@@ -55,7 +63,7 @@ pub(crate) fn metadata(tenant: &PartnerTenant, names: &TenantNames, name: &str) 
 /// The tenant namespace, with Pod Security admission guard rails and the
 /// record of whose it is (see [`ownership`]).
 pub fn namespace(tenant: &PartnerTenant, names: &TenantNames, origin: Origin) -> Namespace {
-    let mut labels = labels(&tenant.name_any());
+    let mut labels = tenant_labels(tenant);
     labels.insert(
         "pod-security.kubernetes.io/enforce".into(),
         "baseline".into(),

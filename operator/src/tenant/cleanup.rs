@@ -319,9 +319,8 @@ async fn strip_tenant_owners(
     let s = &ctx.stores;
     macro_rules! strip_all {
         ($($store:expr),*) => {$(
-            for object in $store.state() {
-                if object.namespace().as_deref() == Some(names.namespace.as_str())
-                    && children::tenant_of(object.as_ref()).as_deref() == Some(tenant_name.as_str())
+            for object in $store.filed_under(&names.namespace, Some(&names.namespace)) {
+                if children::tenant_of(object.as_ref()).as_deref() == Some(tenant_name.as_str())
                 {
                     apply::remove_tenant_owner(&ctx.client, object.as_ref(), &ctx.metrics).await?;
                 }

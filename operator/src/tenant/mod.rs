@@ -8,6 +8,7 @@ pub mod error;
 pub mod ownership;
 pub mod reconcile;
 pub mod secret_access;
+pub mod shard;
 pub mod status;
 pub mod teardown;
 pub mod workflows;

@@ -11,11 +11,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,6 +34,7 @@ use crate::backends::postgres::PasswordPolicy;
 use crate::backends::redis::AclUser;
 use crate::context::Context;
 use crate::credentials::{self, Credentials, Origin, StoreRead};
+use crate::index::Indexed;
 use crate::naming::{self, TenantNames};
 
 /// Path of the credentials under the tenant's Vault/OpenBao prefix.
@@ -70,16 +72,15 @@ pub(super) async fn observe_namespace(
     ctx: &Context,
 ) -> Result<Option<ownership::Observed>, Error> {
     let live = match ctx.stores.namespaces.get(&ObjectRef::new(name)) {
-        Some(cached) => Some(cached.as_ref().clone()),
-        None => {
-            Api::<Namespace>::all(ctx.client.clone())
-                .get_opt(name)
-                .await?
-        }
+        Some(cached) => Some(cached.metadata.clone()),
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(name)
+            .await?
+            .map(|ns| ns.metadata),
     };
-    Ok(live.map(|ns| ownership::Observed {
-        terminating: ns.metadata.deletion_timestamp.is_some(),
-        annotations: ns.metadata.annotations.unwrap_or_default(),
+    Ok(live.map(|meta| ownership::Observed {
+        terminating: meta.deletion_timestamp.is_some(),
+        annotations: meta.annotations.unwrap_or_default(),
     }))
 }
 
@@ -95,12 +96,17 @@ pub(super) async fn claim_namespace(
     // from an earlier tenant of this name elsewhere.
     let kept_elsewhere = match observed {
         Some(_) => None,
-        None => ctx.stores.namespaces.state().into_iter().find_map(|ns| {
-            let annotations = ns.annotations();
-            let earlier = annotations.get(ownership::TENANT_NAME) == Some(&name)
-                && annotations.get(ownership::TENANT_UID) != Some(&uid);
-            earlier.then(|| ns.name_any())
-        }),
+        None => ctx
+            .stores
+            .namespaces
+            .filed_under(&name, None)
+            .into_iter()
+            .find_map(|ns| {
+                let annotations = ns.annotations();
+                let earlier = annotations.get(ownership::TENANT_NAME) == Some(&name)
+                    && annotations.get(ownership::TENANT_UID) != Some(&uid);
+                earlier.then(|| ns.name_any())
+            }),
     };
     let recorded = tenant.status.as_ref().and_then(|s| s.namespace.as_deref())
         == Some(names.namespace.as_str());
@@ -367,17 +373,17 @@ async fn record_intent(
     Ok(())
 }
 
-async fn apply_one<K>(ctx: &Context, store: &Store<K>, desired: &K) -> Result<bool, Error>
+async fn apply_one<K>(ctx: &Context, store: &Indexed<K>, desired: &K) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Serialize + DeserializeOwned,
 {
-    Ok(apply::apply_if_changed(&ctx.client, store, desired, &ctx.metrics).await?)
+    Ok(apply::apply_to_indexed(&ctx.client, store, desired, &ctx.metrics).await?)
 }
 
 /// Deletes the tenant's objects in `store` whose names are not in `keep`.
 pub(super) async fn prune<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Indexed<K>,
     names: &TenantNames,
     tenant: &str,
     keep: &[String],
@@ -385,9 +391,8 @@ pub(super) async fn prune<K>(
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned,
 {
-    for object in store.state() {
-        let ours = object.namespace().as_deref() == Some(names.namespace.as_str())
-            && children::tenant_of(object.as_ref()).as_deref() == Some(tenant);
+    for object in store.filed_under(&names.namespace, Some(&names.namespace)) {
+        let ours = children::tenant_of(object.as_ref()).as_deref() == Some(tenant);
         if ours && !keep.contains(&object.name_any()) {
             apply::delete::<K>(
                 &ctx.client,
@@ -420,7 +425,10 @@ async fn apply_kubernetes(
             .create(&PostParams::default(), &desired)
             .await
         {
-            Ok(_) => apply::count_write::<Namespace>(&ctx.metrics),
+            Ok(created) => {
+                apply::count_write::<Namespace>(&ctx.metrics);
+                s.namespaces.own_writes.record(&created);
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Err(Error::Waiting(format!(
                     "namespace {} appeared while it was being created; deciding again whose it is",
@@ -679,10 +687,11 @@ async fn apply_cache(
             .await?;
             let desired = children::dedicated_redis_statefulset(tenant, names, &data);
             apply_one(ctx, &s.stateful_sets, &desired).await?;
-            let ready = s
-                .stateful_sets
-                .get(&ObjectRef::from_obj(&desired))
-                .and_then(|sts| sts.status.as_ref().and_then(|st| st.ready_replicas))
+            // The cache holds metadata only: readiness is read live.
+            let ready = Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace)
+                .get_opt(children::DEDICATED_REDIS)
+                .await?
+                .and_then(|sts| sts.status.and_then(|st| st.ready_replicas))
                 .unwrap_or(0);
             if ready < 1 {
                 return Err(Error::Waiting(format!(

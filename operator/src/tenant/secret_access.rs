@@ -106,7 +106,7 @@ pub async fn grant(
     ctx: &Context,
 ) -> Result<(), Error> {
     let desired = binding(tenant, names, &ctx.settings.secret_access);
-    let wrote = apply::apply_if_changed(
+    let wrote = apply::apply_to_indexed(
         &ctx.client,
         &ctx.stores.role_bindings,
         &desired,
