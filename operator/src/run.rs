@@ -296,6 +296,8 @@ fn protected_namespaces(config: &OperatorConfig) -> Vec<String> {
             config.redis.ca_secret.as_ref(),
             Some(&config.vault.token_secret),
             config.vault.ca_secret.as_ref(),
+            config.n8n.as_ref().map(|n| &n.api_key_secret),
+            config.n8n.as_ref().and_then(|n| n.ca_secret.as_ref()),
         ])
         .flatten()
         .map(|secret| secret.namespace.clone())

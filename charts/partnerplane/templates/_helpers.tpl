@@ -82,6 +82,14 @@ unknown keys, as the operator does).
 {{- if and $c.webhooks $c.webhooks.caSecret -}}
 {{- $_ := set $c.webhooks "caSecret" (include "partnerplane.secretRef" (dict "ref" $c.webhooks.caSecret "namespace" $ns) | fromJson) -}}
 {{- end -}}
+{{- if $c.n8n -}}
+{{- $_ := set $c.n8n "apiKeySecret" (include "partnerplane.secretRef" (dict "ref" $c.n8n.apiKeySecret "namespace" $ns) | fromJson) -}}
+{{- if $c.n8n.caSecret -}}
+{{- $_ := set $c.n8n "caSecret" (include "partnerplane.secretRef" (dict "ref" $c.n8n.caSecret "namespace" $ns) | fromJson) -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := unset $c "n8n" -}}
+{{- end -}}
 {{- $_ := set $c "tenantSecretsClusterRole" (printf "%s-tenant-secrets" (include "partnerplane.fullname" .)) -}}
 {{- toYaml $c -}}
 {{- end -}}

@@ -220,6 +220,37 @@ mod tests {
     }
 
     #[test]
+    fn workflows_stop_first_and_go_only_with_delete() {
+        let with_workflows = Used {
+            workflows: Some(true),
+            ..used_everything()
+        };
+        let p = plan(DeletionPolicy::Delete, &with_workflows, &BTreeSet::new());
+        assert_eq!(p.steps.first(), Some(&Step::DeleteWorkflows));
+        let p = plan(DeletionPolicy::Retain, &with_workflows, &BTreeSet::new());
+        assert_eq!(p.steps.first(), Some(&Step::DeactivateWorkflows));
+        assert!(!p.steps.contains(&Step::DeleteWorkflows));
+    }
+
+    #[test]
+    fn workflows_in_an_n8n_no_longer_configured_block_until_abandoned() {
+        let gone = Used {
+            workflows: Some(false),
+            ..used_everything()
+        };
+        let p = plan(DeletionPolicy::Delete, &gone, &BTreeSet::new());
+        assert!(
+            p.blocked
+                .as_deref()
+                .is_some_and(|b| b.contains("abandon-backends=n8n"))
+        );
+        let p = plan(DeletionPolicy::Delete, &gone, &parse_abandon(Some("n8n")));
+        assert_eq!(p.blocked, None);
+        assert_eq!(p.abandoned, vec![Backend::Workflows]);
+        assert!(!p.steps.contains(&Step::DeleteWorkflows));
+    }
+
+    #[test]
     fn backends_the_tenant_never_used_are_not_touched() {
         let used = Used {
             postgres: Some(("default".into(), true)),
@@ -260,7 +291,7 @@ mod tests {
             parse_abandon(Some("vault, redis")),
             BTreeSet::from([Backend::Redis, Backend::Vault])
         );
-        assert_eq!(parse_abandon(Some("all")).len(), 3);
+        assert_eq!(parse_abandon(Some("all")).len(), 4);
         assert!(parse_abandon(Some("nonsense")).is_empty());
         assert!(parse_abandon(None).is_empty());
     }

@@ -1,0 +1,288 @@
+//! Breaches run the tenant's workflows in the test bed's real n8n: a
+//! MetricPipeline breach runs that tenant's SLA-breach escalation once per
+//! transition, signed, with the breach in the execution n8n records, using
+//! the tenant's own Postgres role and Redis keys — and no other tenant's
+//! workflow runs. The exception-routing workflow the same breach starts
+//! waits for its approval callback and records the decision only after it.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use partnerplane::api::PartnerTenant;
+use partnerplane::api::tenant::WorkflowsStatus;
+use partnerplane_e2e::n8n::{N8n, node_output};
+use partnerplane_e2e::pipelines::{
+    apply, condition, is, refresh_now, tenant_session, wait_pipeline,
+};
+use partnerplane_e2e::tenants::{delete_tenants, pg_admin, redis_admin};
+use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition, wait_until};
+use ring::hmac;
+use serde_json::{Value, json};
+
+fn id_of(status: &WorkflowsStatus, template: &str) -> String {
+    status
+        .workflows
+        .iter()
+        .find(|w| format!("{:?}", w.template) == template)
+        .map(|w| w.id.clone())
+        .expect("provisioned")
+}
+
+/// The Standard Webhooks secret the operator signs the tenant's workflow
+/// deliveries with: derived from its n8n API key for the tenant.
+fn signing_key(api_key: &str, tenant: &str) -> Vec<u8> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, api_key.trim().as_bytes());
+    hmac::sign(&key, format!("signing\0{tenant}").as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// Whether `headers` sign `body` (the bytes sent, as the outbox keeps them).
+fn verifies(key: &[u8], headers: &Value, body: &str) -> bool {
+    let (Some(id), Some(ts), Some(sig)) = (
+        headers["webhook-id"].as_str(),
+        headers["webhook-timestamp"].as_str(),
+        headers["webhook-signature"].as_str(),
+    ) else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let tag = hmac::sign(&key, format!("{id}.{ts}.{body}").as_bytes());
+    sig == format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_callback()
+-> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let n8n = N8n::new(&testbed)?;
+    let operator = Operator::start(&testbed, &unique_name("wf-breach"), &[]).await?;
+    let (a, b) = (unique_name("wf-bra"), unique_name("wf-brb"));
+    let spec = json!({"displayName": "Breach workflows", "secrets": {"store": "Both"},
+                      "workflows": {"templates": ["SlaBreachEscalation", "ExceptionRouting"]}});
+    apply(
+        &client,
+        &[operator.tenant(&a, spec.clone()), operator.tenant(&b, spec)],
+    )
+    .await?;
+    let mut tenants = vec![];
+    for t in [&a, &b] {
+        tenants.push(wait_condition(&client, t, "Ready", "True", Duration::from_secs(120)).await?);
+    }
+    let status = |t: &PartnerTenant| t.status.clone().unwrap();
+    let (sa, sb) = (status(&tenants[0]), status(&tenants[1]));
+    let (wa, wb) = (sa.workflows.clone().unwrap(), sb.workflows.clone().unwrap());
+    let role_a = sa.postgres.clone().unwrap().role;
+    let prefix_a = sa.redis.clone().unwrap().key_prefix.unwrap();
+
+    let ns = format!("ptn-{a}");
+    let name = unique_name("fix-rate");
+    apply(&client, &[json!({
+        "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
+        "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
+        "spec": {
+            "refreshInterval": "1h",
+            "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
+                "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
+                            {"name": "fixed", "type": "Boolean"}]}],
+            "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
+                "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
+                "objective": {"comparison": "AtLeast", "target": 0.9}}],
+            "onBreach": [{"kind": "Condition"},
+                         {"kind": "Workflow", "workflow": "SlaBreachEscalation"},
+                         {"kind": "Workflow", "workflow": "ExceptionRouting"}]
+        }
+    })]).await?;
+    wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
+        is(p, "Ready", "True")
+    })
+    .await?;
+    let (session, _) = tenant_session(&testbed, &client, &ns).await?;
+    // Only P2 misses: a breach over all partners and one for P2.
+    session
+        .batch_execute("INSERT INTO visits SELECT 'P2', now() - i * interval '1 hour', false FROM generate_series(1, 10) i")
+        .await?;
+    let p = refresh_now(&client, &ns, &name).await?;
+    assert_eq!(condition(&p, "ObjectivesMet").unwrap().status, "False");
+
+    // The SLA-breach workflow ran once per transition, with the breach.
+    let sla_a = id_of(&wa, "SlaBreachEscalation");
+    let runs = wait_until("two SLA-breach runs", Duration::from_secs(120), || async {
+        let runs = n8n.executions(&sla_a).await?;
+        let done: Vec<Value> = runs
+            .into_iter()
+            .filter(|e| e["status"] == "success")
+            .collect();
+        Ok((done.len() >= 2).then_some(done))
+    })
+    .await?;
+    assert_eq!(runs.len(), 2, "one run per transition");
+    let admin = pg_admin(&testbed).await?;
+    let schema = sa.postgres.clone().unwrap().schema;
+    let outbox: String = admin
+        .query_one(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname LIKE '\\_pp\\_%\\_outbox'",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    let key = signing_key(&testbed.n8n()?.1, &a);
+    let mut partners = vec![];
+    for run in &runs {
+        let received = &node_output(run, "Breach").expect("the webhook's output")[0];
+        let body = &received["body"];
+        assert_eq!(body["type"], "objective.breached", "{body}");
+        assert_eq!(body["metric"], "first_time_fix");
+        assert_eq!(body["pipeline"]["namespace"], ns.as_str());
+        let id = received["headers"]["webhook-id"]
+            .as_str()
+            .unwrap_or_default();
+        let sent: String = admin
+            .query_one(&format!("SELECT body FROM {outbox} WHERE id = $1"), &[&id])
+            .await?
+            .get(0);
+        assert!(
+            verifies(&key, &received["headers"], &sent),
+            "signed: {received}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&sent)?["partner"],
+            body["partner"]
+        );
+        partners.push(body["partner"].clone());
+        let owner = &node_output(run, "Find the partner's owner").expect("looked up")[0];
+        assert_eq!(
+            owner["database_role"],
+            role_a.as_str(),
+            "ran as the tenant's own role"
+        );
+        assert!(node_output(run, "Notify the owner").is_some());
+    }
+    assert!(
+        partners.contains(&json!("P2")) && partners.contains(&Value::Null),
+        "{partners:?}"
+    );
+    let mut redis = redis_admin(&testbed).await?;
+    let escalations: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{prefix_a}escalations"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(
+        escalations.len(),
+        2,
+        "the owner was notified in the tenant's keys"
+    );
+    assert!(
+        escalations.iter().all(|e| e.contains("first_time_fix")),
+        "{escalations:?}"
+    );
+
+    // No other tenant's workflow ran.
+    for id in [
+        id_of(&wb, "SlaBreachEscalation"),
+        id_of(&wb, "ExceptionRouting"),
+    ] {
+        assert!(
+            n8n.executions(&id).await?.is_empty(),
+            "tenant {b}'s {id} did not run"
+        );
+    }
+
+    // A persisting breach runs nothing more.
+    session
+        .batch_execute("INSERT INTO visits VALUES ('P2', now() - interval '30 minutes', false)")
+        .await?;
+    refresh_now(&client, &ns, &name).await?;
+    wait_until(
+        "every delivery to be delivered",
+        Duration::from_secs(60),
+        || async {
+            let row = admin
+                .query_one(
+                    &format!("SELECT count(*), count(delivered_at) FROM {outbox}"),
+                    &[],
+                )
+                .await?;
+            let (all, delivered): (i64, i64) = (row.get(0), row.get(1));
+            anyhow::ensure!(
+                all == 4,
+                "{all} deliveries: two transitions, two workflows each"
+            );
+            Ok((delivered == 4).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        n8n.executions(&sla_a).await?.len(),
+        2,
+        "no run for a breach that persists"
+    );
+
+    // Exception routing: each run asked for approval and waits for it.
+    let approvals: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{prefix_a}approvals"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(approvals.len(), 2, "{approvals:?}");
+    let request: Value = serde_json::from_str(&approvals[0])?;
+    let resume = request["approveAt"]
+        .as_str()
+        .expect("a resume URL")
+        .to_string();
+    let execution = resume.rsplit('/').next().unwrap().to_string();
+    let waiting = n8n.execution(&execution).await?.expect("the execution");
+    assert_eq!(waiting["status"], "waiting", "{}", waiting["status"]);
+    assert!(
+        node_output(&waiting, "Record the decision").is_none(),
+        "nothing proceeds before the approval"
+    );
+    let decisions_table = format!("\"{schema}\".exception_decisions");
+    let exists: bool = admin
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&decisions_table])
+        .await?
+        .get(0);
+    assert!(!exists, "no decision recorded before the approval");
+
+    assert_eq!(
+        n8n.post(&resume, json!({"approved": true, "by": "finance lead"}))
+            .await?,
+        200
+    );
+    let done = wait_until(
+        "the approved run to finish",
+        Duration::from_secs(60),
+        || async {
+            let e = n8n.execution(&execution).await?.unwrap_or_default();
+            anyhow::ensure!(
+                e["status"] != "error",
+                "failed: {}",
+                e["data"]["resultData"]["error"]
+            );
+            Ok((e["status"] == "success").then_some(e))
+        },
+    )
+    .await?;
+    let recorded = &node_output(&done, "Record the decision").expect("recorded")[0];
+    assert_eq!(recorded["decided_by_role"], role_a.as_str());
+    assert_eq!(recorded["decision"]["approved"], true);
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {decisions_table}"), &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        rows, 1,
+        "one decision, the approved one; the other still waits"
+    );
+
+    delete_tenants(&client, &[a, b]).await?;
+    Ok(())
+}
