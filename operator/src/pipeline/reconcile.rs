@@ -94,19 +94,24 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
             let started = Instant::now();
             match refresh(&pipeline, &db, ctx).await {
                 Ok(done) => {
-                    publish_refresh(&pipeline, &db, &previous, done, started.elapsed(), ctx)
+                    let at = schedule::recorded(Timestamp::now());
+                    publish_refresh(&pipeline, &db, &previous, done, at, started.elapsed(), ctx)
                         .await?;
-                    interval
+                    // From the recorded second, as the next reconcile will see it.
+                    match schedule::refresh_due(Some(at), None, None, interval, Timestamp::now()) {
+                        Due::In(wait) => wait,
+                        Due::Now => Duration::ZERO,
+                    }
                 }
                 Err(failure) => return settle(&pipeline, ctx, failure).await,
             }
         }
     };
     let next_delivery = delivery::deliver_due(&pipeline, &db, ctx).await;
-    let wait = next_delivery.map_or(next_refresh, |d| d.min(next_refresh));
-    Ok(Action::requeue(crate::context::jittered(
-        wait,
-        &mut rand::rng(),
+    Ok(Action::requeue(schedule::requeue_after(
+        next_refresh,
+        next_delivery,
+        |d| crate::context::jittered(d, &mut rand::rng()),
     )))
 }
 
@@ -363,6 +368,7 @@ async fn publish_refresh(
     db: &TenantDatabase,
     previous: &MetricPipelineStatus,
     done: Refreshed,
+    at: Timestamp,
     took: Duration,
     ctx: &PipelineContext,
 ) -> Result<(), Error> {
@@ -399,7 +405,7 @@ async fn publish_refresh(
     let status = MetricPipelineStatus {
         observed_generation: generation,
         conditions,
-        last_refresh_time: Some(Time(Timestamp::now())),
+        last_refresh_time: Some(Time(at)),
         objectives_met: pstatus::objectives_met(&metrics, &pipeline.spec),
         metrics,
         source_tables: done.source_tables.clone(),

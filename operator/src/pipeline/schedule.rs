@@ -1,4 +1,9 @@
 //! When a pipeline refreshes next. Pure: the reconcile passes the clock.
+//!
+//! The schedule is anchored on `lastRefreshTime` exactly as the API keeps
+//! it (whole seconds), and the wait for the next refresh is never
+//! stretched by jitter: a late wake-up is lag, and the anchors of
+//! different pipelines already differ.
 
 use std::time::Duration;
 
@@ -48,6 +53,26 @@ pub fn refresh_due(
     }
 }
 
+/// The instant a refresh is recorded as: whole seconds, which is all a
+/// `Time` keeps, so the next one is scheduled from what status shows.
+pub fn recorded(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// How long to wait before the next reconcile: until the refresh is due,
+/// or sooner when a webhook delivery is. Only a delivery's wait is
+/// jittered (`jitter`), and never past the refresh.
+pub fn requeue_after(
+    refresh_in: Duration,
+    delivery_in: Option<Duration>,
+    jitter: impl FnOnce(Duration) -> Duration,
+) -> Duration {
+    match delivery_in {
+        Some(d) if d < refresh_in => jitter(d).min(refresh_in),
+        _ => refresh_in,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +107,44 @@ mod tests {
         assert_eq!(
             refresh_due(Some(at(0)), Some(1), Some(1), five, at(300)),
             Due::Now
+        );
+    }
+
+    #[test]
+    fn a_refresh_is_recorded_in_whole_seconds() {
+        let exact = Timestamp::from_millisecond(1_800_000_000_999).unwrap();
+        assert_eq!(recorded(exact), at(0));
+        assert_eq!(recorded(at(5)), at(5));
+    }
+
+    #[test]
+    fn the_next_refresh_is_never_pushed_late_by_jitter() {
+        let thirty = Duration::from_secs(30);
+        let late = |d: Duration| d * 2;
+        assert_eq!(requeue_after(thirty, None, late), thirty);
+        assert_eq!(
+            requeue_after(thirty, Some(Duration::from_secs(40)), late),
+            thirty
+        );
+        assert_eq!(
+            requeue_after(thirty, Some(Duration::from_secs(20)), late),
+            thirty,
+            "a jittered delivery wait stops at the refresh"
+        );
+        assert_eq!(
+            requeue_after(thirty, Some(Duration::from_secs(5)), late),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn a_refresh_recorded_in_whole_seconds_is_due_one_interval_after_that_second() {
+        let thirty = Duration::from_secs(30);
+        let ended = Timestamp::from_millisecond(1_800_000_000_700).unwrap();
+        let last = recorded(ended);
+        assert_eq!(
+            refresh_due(Some(last), Some(1), Some(1), thirty, ended),
+            Due::In(Duration::from_millis(29_300))
         );
     }
 }
