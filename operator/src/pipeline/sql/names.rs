@@ -8,8 +8,12 @@ use super::PipelineKey;
 
 /// Prefix of every derived object.
 pub const DERIVED_PREFIX: &str = "_pp_";
-/// Column every source table carries: the transaction that last wrote the row.
+/// Column every source table carries: the transaction that inserted the row.
 pub const XID_COLUMN: &str = "_pp_xid";
+/// That transaction as a number: what the source's BRIN index holds (there
+/// is no BRIN operator class for `xid8`), so "written since" finds new rows
+/// through it.
+pub const XID_NUMBER: &str = "((_pp_xid::text)::bigint)";
 
 fn hash8(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
@@ -61,13 +65,15 @@ impl DerivedNames {
     }
 
     /// The trigger function capturing changes of one source table; its
-    /// name follows the partner and time columns it logs, so changing
-    /// either makes a new one (and the old one is dropped).
+    /// name follows the partner and time columns it logs and what it does
+    /// (`v2`: an update logs the old and the new key and keeps the row's
+    /// insert transaction), so changing any of them makes a new one (and
+    /// the old one is dropped).
     pub fn capture(&self, source: &str, partner: &str, time: &str) -> String {
         format!(
             "{}{}",
             self.capture_prefix(source),
-            hash8(&format!("{partner}/{time}"))
+            hash8(&format!("v2/{partner}/{time}"))
         )
     }
 
@@ -77,8 +83,8 @@ impl DerivedNames {
         format!("{}_ix_{}_", self.stem, hash8(source))
     }
 
-    /// The indexes on a source's transaction column, time column and
-    /// (partner, time).
+    /// The indexes on a source's transaction column (a BRIN index, `_xb`:
+    /// it costs an insert almost nothing), time column and (partner, time).
     pub fn indexes(&self, source: &str, partner: &str, time: &str) -> [String; 3] {
         let stem = format!(
             "{}{}",
@@ -86,7 +92,7 @@ impl DerivedNames {
             hash8(&format!("{partner}/{time}"))
         );
         [
-            format!("{stem}_x"),
+            format!("{stem}_xb"),
             format!("{stem}_t"),
             format!("{stem}_p"),
         ]

@@ -5,8 +5,9 @@
 //!
 //! Per refresh, for each metric: a changed definition (or no watermark)
 //! rebuilds its partial aggregates from the whole source; otherwise the
-//! (partner, bucket) keys of updated and deleted rows are recomputed from
-//! raw rows, and new rows in every other key are merged by addition. The
+//! (partner, bucket) keys of updated and deleted rows — before and after
+//! an update — are recomputed from raw rows, and inserted rows in every
+//! other key are merged by addition. The
 //! work is proportional to what changed, not to the history. A few random
 //! keys are re-derived from raw rows each time as a check; a difference is
 //! repaired and reported.
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::compile::{self, Compiled};
-use super::names::{DerivedNames, XID_COLUMN};
+use super::names::{DerivedNames, XID_COLUMN, XID_NUMBER};
 use super::{PipelineKey, SqlError, Target};
 use crate::api::metric::{Comparison, Objective};
 use crate::api::pipeline::MetricPipelineSpec;
@@ -151,6 +152,15 @@ async fn write_state(
     Ok(())
 }
 
+/// Rows inserted by transactions `prev` did not see (rows written before
+/// the capture trigger stamped updates too). The first condition is what
+/// the BRIN index on the transaction number answers.
+fn written_since(prev: &str) -> String {
+    format!(
+        "{XID_NUMBER} >= (pg_snapshot_xmin({prev})::text)::bigint AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})"
+    )
+}
+
 /// Keys (partner, bucket) of rows updated or deleted since `prev`, with the
 /// time range to read them back from, as a subquery over the change table.
 fn changed_keys(c: &Compiled, changes: &str, prev: &str) -> String {
@@ -198,10 +208,10 @@ pub async fn refresh(
             let row = tx
                 .query_one(
                     &format!(
-                        "SELECT (SELECT count(*) FROM {table} WHERE {XID_COLUMN} >= pg_snapshot_xmin({prev}) \
-                           AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})), \
+                        "SELECT (SELECT count(*) FROM {table} WHERE {}), \
                          (SELECT count(*) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev})), \
-                         (SELECT coalesce(bool_or(truncated), false) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev}))"
+                         (SELECT coalesce(bool_or(truncated), false) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev}))",
+                        written_since(prev)
                     ),
                     &[],
                 )
@@ -274,9 +284,7 @@ pub async fn refresh(
             .await?;
         }
         if inserted > 0 {
-            let mut fresh = format!(
-                "{XID_COLUMN} >= pg_snapshot_xmin({prev}) AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})"
-            );
+            let mut fresh = written_since(prev);
             if logged > 0 {
                 // Rows in recomputed keys were counted from raw rows above.
                 fresh.push_str(&format!(
@@ -337,6 +345,30 @@ pub async fn refresh(
             )
             .await?;
         }
+    }
+
+    // Summarise the block ranges new rows went to, so that the next
+    // refresh's look for new rows skips them (autovacuum would, later).
+    let summarise: Vec<String> = spec
+        .sources
+        .iter()
+        .filter(|s| changes.get(s.name.as_str()).is_some_and(|c| c.0 > 0))
+        .map(|s| {
+            let [by_xid, ..] = names.indexes(
+                s.name.as_str(),
+                s.partner_column.as_str(),
+                s.time_column.as_str(),
+            );
+            let index = format!("{}.{}", t.schema, quote_ident(&by_xid));
+            format!(
+                "brin_summarize_new_values({}::regclass)",
+                compile::string_literal(&index)
+            )
+        })
+        .collect();
+    if !summarise.is_empty() {
+        tx.execute(&format!("SELECT {}", summarise.join(", ")), &[])
+            .await?;
     }
 
     let (sampled, mismatched) = if path == RefreshPath::Unchanged {

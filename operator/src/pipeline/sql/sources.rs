@@ -3,17 +3,20 @@
 //! pure plan, and only the plan's statements are run — a pipeline whose
 //! tables are as declared issues no DDL.
 //!
-//! Every source table carries `_pp_xid`, the transaction that last wrote
-//! the row (a default for inserts, a trigger for updates), and a trigger
-//! logs each updated or deleted row's partner and time to a change table,
-//! so a refresh finds exactly what changed since the previous one.
+//! Every source table carries `_pp_xid`, the transaction that inserted the
+//! row (a default), found through a BRIN index that costs an insert almost
+//! nothing; a trigger logs the partner and time of each deleted row, and
+//! of each updated row before and after, to a change table. A refresh so
+//! finds exactly what changed since the previous one. Updates keep the
+//! row's `_pp_xid`: updated rows stay where they were in the table, which
+//! would otherwise spread recent transactions over every block range.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
 
 use super::compile::{sql_type, string_literal};
-use super::names::{DerivedNames, XID_COLUMN, source_marker};
+use super::names::{DerivedNames, XID_COLUMN, XID_NUMBER, source_marker};
 use super::{PipelineKey, SqlError, Target};
 use crate::api::metric::Source;
 use crate::api::pipeline::MetricPipelineSpec;
@@ -249,7 +252,9 @@ fn capture_statements(
                END IF;\n\
                INSERT INTO {log} (partner, at) VALUES (OLD.{partner}::text, OLD.{time});\n\
                IF TG_OP = 'UPDATE' THEN\n\
-                 NEW.{XID_COLUMN} := pg_current_xact_id();\n\
+                 IF (NEW.{partner}::text, NEW.{time}) IS DISTINCT FROM (OLD.{partner}::text, OLD.{time}) THEN\n\
+                   INSERT INTO {log} (partner, at) VALUES (NEW.{partner}::text, NEW.{time});\n\
+                 END IF;\n\
                  RETURN NEW;\n\
                END IF;\n\
                RETURN OLD;\n\
@@ -276,14 +281,19 @@ fn capture_statements(
     let [by_xid, by_time, by_partner] = wanted;
     let partner = quote_ident(source.partner_column.as_str());
     let time = quote_ident(source.time_column.as_str());
-    for (index, columns) in [
-        (by_xid, XID_COLUMN.to_string()),
-        (by_time, time.clone()),
-        (by_partner, format!("{partner}, {time}")),
+    for (index, method) in [
+        // Transaction ids grow with the table, so block ranges summarise
+        // them well; a B-tree here cost inserts over 10 %.
+        (
+            by_xid,
+            format!("USING brin ({XID_NUMBER}) WITH (pages_per_range = 32, autosummarize = on)"),
+        ),
+        (by_time, format!("({time})")),
+        (by_partner, format!("({partner}, {time})")),
     ] {
         if !catalog.indexes.contains(&index) {
             out.statements.push(format!(
-                "CREATE INDEX {} ON {qualified} ({columns})",
+                "CREATE INDEX {} ON {qualified} {method}",
                 quote_ident(&index)
             ));
         }
@@ -568,6 +578,28 @@ metrics:
         assert_eq!(
             plan("t", &key(), &s, &applied(&s)).unwrap(),
             Plan::default()
+        );
+    }
+
+    #[test]
+    fn the_transaction_column_has_a_brin_index_and_an_old_b_tree_goes() {
+        let s = spec("", false);
+        let text = plan("t", &key(), &s, &Catalog::default())
+            .unwrap()
+            .statements
+            .join("\n");
+        assert!(
+            text.contains("USING brin (((_pp_xid::text)::bigint))"),
+            "{text}"
+        );
+        let mut before = applied(&s);
+        let names = DerivedNames::new(&key());
+        let [xb, ..] = indexes_of(&names, &s.sources[0]);
+        let b_tree = xb.trim_end_matches('b').to_string();
+        before.indexes.insert(b_tree.clone());
+        assert_eq!(
+            plan("t", &key(), &s, &before).unwrap().statements,
+            [format!("DROP INDEX \"t\".\"{b_tree}\"")]
         );
     }
 
