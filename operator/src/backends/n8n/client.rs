@@ -293,14 +293,31 @@ impl N8n {
         data: &Value,
     ) -> Result<CreatedCredential, N8nError> {
         let body = json!({ "name": name, "type": kind, "data": data });
-        self.call(
-            Method::POST,
-            "credentials",
-            Some(&body),
-            "create a credential",
-        )
-        .await?
-        .ok_or_else(|| self.unavailable("creating a credential answered 404".into()))
+        match self
+            .call(
+                Method::POST,
+                "credentials",
+                Some(&body),
+                "create a credential",
+            )
+            .await
+        {
+            Ok(Some(created)) => Ok(created),
+            Ok(None) => Err(self.unavailable("creating a credential answered 404".into())),
+            // n8n's validation message may quote the data, which holds a password.
+            Err(N8nError::Refused {
+                url,
+                operation,
+                status,
+                ..
+            }) => Err(N8nError::Refused {
+                url,
+                operation,
+                status,
+                message: format!("the {kind} credential {name} was not accepted"),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a credential; one already gone is done.
