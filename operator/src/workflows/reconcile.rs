@@ -57,29 +57,80 @@ pub async fn apply(engine: Option<&Engine>, request: Request<'_>) -> Outcome {
             status: request.recorded.cloned(),
         };
     };
+    let url = engine.n8n.base_url().as_str().trim_end_matches('/');
     match converge(engine, &request).await {
-        Ok((status, message)) => Outcome {
-            part: PartOutcome::ready(WORKFLOWS_READY, message),
-            status,
+        Ok(None) => Outcome {
+            part: PartOutcome::ready(
+                WORKFLOWS_READY,
+                "workflow templates disabled; removed from n8n",
+            ),
+            status: None,
         },
-        Err(e) => Outcome {
+        Ok(Some(status)) => {
+            let inactive: Vec<&str> = status
+                .workflows
+                .iter()
+                .filter(|w| !w.active)
+                .map(|w| w.name.as_str())
+                .collect();
+            let part = if inactive.is_empty() {
+                PartOutcome::ready(
+                    WORKFLOWS_READY,
+                    format!(
+                        "{} workflow(s) active in n8n at {url}",
+                        status.workflows.len()
+                    ),
+                )
+            } else {
+                PartOutcome::failed(
+                    WORKFLOWS_READY,
+                    "WorkflowInactive",
+                    format!("n8n at {url} did not activate: {}", inactive.join(", ")),
+                    false,
+                )
+            };
+            Outcome {
+                part,
+                status: Some(status),
+            }
+        }
+        Err(Failure::N8n(e)) => Outcome {
             part: PartOutcome::failed(WORKFLOWS_READY, e.reason(), e.to_string(), false),
+            status: request.recorded.cloned(),
+        },
+        // Only a `--workflow-templates` file can get here (the built-in
+        // ones are rendered by the unit tests); a new file fixes it.
+        Err(Failure::Template(message)) => Outcome {
+            part: PartOutcome::failed(WORKFLOWS_READY, "TemplateInvalid", message, true),
             status: request.recorded.cloned(),
         },
     }
 }
 
+/// Why a tenant's workflows could not converge.
+enum Failure {
+    N8n(N8nError),
+    Template(String),
+}
+
+impl From<N8nError> for Failure {
+    fn from(e: N8nError) -> Self {
+        Self::N8n(e)
+    }
+}
+
+/// The tenant's workflows converged: what to record (`None` once none is left).
 async fn converge(
     engine: &Engine,
     request: &Request<'_>,
-) -> Result<(Option<WorkflowsStatus>, String), N8nError> {
+) -> Result<Option<WorkflowsStatus>, Failure> {
     let view = request.view;
     let tenant = view.tenant.as_str();
     let n8n = &engine.n8n;
     let tag_name = names::tag(tenant);
     if request.templates.is_empty() {
         super::cleanup::delete_all(engine, tenant, request.recorded).await?;
-        return Ok((None, "workflow templates disabled; removed from n8n".into()));
+        return Ok(None);
     }
     let tag = n8n.ensure_tag(&tag_name).await?;
     let observed = n8n.workflows_tagged(&tag_name).await?;
@@ -90,12 +141,8 @@ async fn converge(
         let Some(template) = engine.catalog.get(*kind) else {
             continue;
         };
-        let body = desired::workflow(template, view, &refs).map_err(|e| N8nError::Refused {
-            url: n8n.base_url().to_string(),
-            operation: "render a template",
-            status: 0,
-            message: e,
-        })?;
+        let body = desired::workflow(template, view, &refs)
+            .map_err(|e| Failure::Template(format!("template {kind:?}: {e}")))?;
         desired.push((*kind, body));
     }
 
@@ -166,11 +213,6 @@ async fn converge(
             })
         })
         .collect();
-    let inactive: Vec<String> = workflows
-        .iter()
-        .filter(|w| !w.active)
-        .map(|w| w.name.clone())
-        .collect();
     let status = WorkflowsStatus {
         tag: tag_name,
         credentials: Purpose::ALL
@@ -185,20 +227,7 @@ async fn converge(
             .collect(),
         workflows,
     };
-    if !inactive.is_empty() {
-        return Err(N8nError::Refused {
-            url: n8n.base_url().as_str().trim_end_matches('/').to_string(),
-            operation: "activate",
-            status: 200,
-            message: format!("still inactive: {}", inactive.join(", ")),
-        });
-    }
-    let message = format!(
-        "{} workflow(s) active in n8n at {}",
-        status.workflows.len(),
-        n8n.base_url().as_str().trim_end_matches('/')
-    );
-    Ok((Some(status), message))
+    Ok(Some(status))
 }
 
 fn body_of(desired: &[(WorkflowTemplate, WorkflowBody)], kind: WorkflowTemplate) -> &WorkflowBody {

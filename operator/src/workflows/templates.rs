@@ -19,6 +19,23 @@ const EMBEDDED: [&str; 4] = [
     include_str!("../../workflows/templates/weekly-partner-performance-pack.json"),
 ];
 
+/// Every placeholder a template may use (`%%NAME%%`); README.md says what each is.
+pub const PLACEHOLDERS: [&str; 13] = [
+    "TENANT",
+    "SCHEMA",
+    "KEY_PREFIX",
+    "VERSION",
+    "WEBHOOK_PATH",
+    "WEBHOOK_ID",
+    "WAIT_WEBHOOK_ID",
+    "POSTGRES_CREDENTIAL_ID",
+    "POSTGRES_CREDENTIAL_NAME",
+    "REDIS_CREDENTIAL_ID",
+    "REDIS_CREDENTIAL_NAME",
+    "WEBHOOK_CREDENTIAL_ID",
+    "WEBHOOK_CREDENTIAL_NAME",
+];
+
 /// One template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -58,12 +75,18 @@ pub fn parse(text: &str) -> anyhow::Result<Template> {
             .is_some_and(Value::is_object),
         "workflow.connections must be an object"
     );
-    Ok(Template {
+    let template = Template {
         kind: file.template,
         version: file.version,
         title: file.title,
         workflow: file.workflow,
-    })
+    };
+    // Refused at start-up rather than at a tenant's reconcile.
+    let every: BTreeMap<&str, String> = PLACEHOLDERS.iter().map(|p| (*p, String::new())).collect();
+    template
+        .render(&every)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(template)
 }
 
 /// Every template the operator offers, by kind.
@@ -168,24 +191,10 @@ mod tests {
 
     /// Every placeholder a template may use.
     pub(crate) fn bindings() -> BTreeMap<&'static str, String> {
-        [
-            "TENANT",
-            "SCHEMA",
-            "KEY_PREFIX",
-            "VERSION",
-            "WEBHOOK_PATH",
-            "WEBHOOK_ID",
-            "WAIT_WEBHOOK_ID",
-            "POSTGRES_CREDENTIAL_ID",
-            "POSTGRES_CREDENTIAL_NAME",
-            "REDIS_CREDENTIAL_ID",
-            "REDIS_CREDENTIAL_NAME",
-            "WEBHOOK_CREDENTIAL_ID",
-            "WEBHOOK_CREDENTIAL_NAME",
-        ]
-        .into_iter()
-        .map(|k| (k, format!("<{k}>")))
-        .collect()
+        PLACEHOLDERS
+            .into_iter()
+            .map(|k| (k, format!("<{k}>")))
+            .collect()
     }
 
     #[test]
@@ -249,5 +258,9 @@ mod tests {
             parse(r#"{"template":"Nope","version":1,"title":"t","workflow":{"nodes":[],"connections":{}}}"#)
                 .is_err()
         );
+        let unknown = parse(
+            r#"{"template":"EvidenceCollection","version":1,"title":"t","workflow":{"nodes":[{"name":"%%NOPE%%"}],"connections":{}}}"#,
+        );
+        assert!(unknown.unwrap_err().to_string().contains("%%NOPE%%"));
     }
 }
