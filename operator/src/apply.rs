@@ -330,12 +330,19 @@ where
         },
         None => None,
     };
-    let written = written_unless_current(client, live.as_ref(), desired, metrics).await?;
-    match (&written, &live) {
-        (Some(written), _) => {
-            cached.own_writes.record(written);
-            cached.verified.record(&written.metadata, wish);
+    cached.own_writes.announce(desired);
+    let written = match written_unless_current(client, live.as_ref(), desired, metrics).await {
+        Ok(written) => written,
+        Err(e) => {
+            cached.own_writes.withdraw(desired);
+            return Err(e);
         }
+    };
+    if written.is_none() {
+        cached.own_writes.withdraw(desired);
+    }
+    match (&written, &live) {
+        (Some(written), _) => cached.verified.record(&written.metadata, wish),
         (None, Some(live)) => cached.verified.record(live.meta(), wish),
         (None, None) => {}
     }

@@ -25,5 +25,6 @@ pub mod run;
 pub mod telemetry;
 pub mod tenant;
 pub mod verified;
+pub mod wake;
 pub mod watches;
 pub mod workflows;

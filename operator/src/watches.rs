@@ -13,11 +13,12 @@ use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+use crate::apply;
 use crate::context::Stores;
 use crate::index::{Index, Indexed, KeyFn, by_namespace};
-use crate::own_writes::OwnWrites;
 use crate::tenant::children::MANAGED_SELECTOR;
 use crate::verified::Verified;
+use crate::wake::Wake;
 
 type ChildStream<K> = BoxStream<'static, Result<PartialObjectMeta<K>, watcher::Error>>;
 
@@ -45,17 +46,20 @@ where
 {
     let (reader, writer) = reflector::store();
     let index = Index::new(key);
-    let own_writes = OwnWrites::default();
+    let wake = Wake::default();
+    let own_writes = wake.own_writes.clone();
     let verified = Verified::default();
-    let (filer, echoes, confirmed) = (index.clone(), own_writes.clone(), verified.clone());
+    let (filer, confirmed) = (index.clone(), verified.clone());
     // `PartialObjectMeta` makes the list and watch requests metadata-only.
     let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
     let config = watcher::Config::default().labels(selector).any_semantic();
     let stream = watcher(api, config)
         .map_ok(move |event| {
-            // Nothing reads managedFields from the cache: drift shows as a
-            // new resourceVersion, and the full read carries them.
-            let event = event.modify(|object| object.metadata.managed_fields = None);
+            // Drift shows as a new resourceVersion (the full read carries
+            // every managedFields entry); other managers' entries on the
+            // object itself stay to tell their changes from status updates.
+            let event = event
+                .modify(|object| apply::keep_foreign_entries(&mut object.metadata.managed_fields));
             filer.observe(&event);
             if let watcher::Event::Delete(object) = &event {
                 confirmed.forget(&object.metadata);
@@ -64,9 +68,8 @@ where
         })
         .default_backoff()
         .reflect(writer)
-        .touched_objects()
         // The cache follows every event; only others' changes wake the tenant.
-        .try_filter(move |object| std::future::ready(!echoes.is_echo(object)))
+        .try_filter_map(move |event| std::future::ready(Ok(wake.wakes(&event))))
         .boxed();
     (
         Indexed {

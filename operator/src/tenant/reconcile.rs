@@ -421,14 +421,18 @@ async fn apply_kubernetes(
         // A create, not an apply: should anyone (another tenant included)
         // create the namespace between the read and this write, it stays
         // theirs and the next reconcile decides again.
+        s.namespaces.own_writes.announce(&desired);
         match Api::<Namespace>::all(ctx.client.clone())
-            .create(&PostParams::default(), &desired)
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                },
+                &desired,
+            )
             .await
         {
-            Ok(created) => {
-                apply::count_write::<Namespace>(&ctx.metrics);
-                s.namespaces.own_writes.record(&created);
-            }
+            Ok(_) => apply::count_write::<Namespace>(&ctx.metrics),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Err(Error::Waiting(format!(
                     "namespace {} appeared while it was being created; deciding again whose it is",
