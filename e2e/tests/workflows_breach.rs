@@ -102,6 +102,13 @@ async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_cal
     })
     .await?;
     let (session, _) = tenant_session(&testbed, &client, &ns).await?;
+    // The tenant keeps its partners' owners; the workflow looks them up.
+    session
+        .batch_execute(
+            "CREATE TABLE partner_owners (partner text PRIMARY KEY, owner text NOT NULL);
+             INSERT INTO partner_owners VALUES ('P2', 'dana@p2.example')",
+        )
+        .await?;
     // Only P2 misses: a breach over all partners and one for P2.
     session
         .batch_execute("INSERT INTO visits SELECT 'P2', now() - i * interval '1 hour', false FROM generate_series(1, 10) i")
@@ -182,6 +189,20 @@ async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_cal
     assert!(
         escalations.iter().all(|e| e.contains("first_time_fix")),
         "{escalations:?}"
+    );
+
+    let to: Vec<(Value, Value)> = escalations
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .map(|e| (e["partner"].clone(), e["to"].clone()))
+        .collect();
+    assert!(
+        to.contains(&(json!("P2"), json!("dana@p2.example"))),
+        "P2's breach goes to P2's owner: {to:?}"
+    );
+    assert!(
+        to.contains(&(Value::Null, json!("unassigned"))),
+        "a breach over all partners has no single owner: {to:?}"
     );
 
     // No other tenant's workflow ran.

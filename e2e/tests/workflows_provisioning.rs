@@ -66,6 +66,19 @@ async fn wait_workflows(
     .await
 }
 
+/// Writes to n8n the operator counts (requests other than reads that n8n accepted).
+async fn n8n_writes(operator: &Operator) -> anyhow::Result<f64> {
+    Ok(operator
+        .metrics()
+        .await?
+        .lines()
+        .filter(|l| {
+            l.starts_with("partnerplane_backend_writes_total{") && l.contains("backend=\"n8n\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 fn workflow_id(status: &WorkflowsStatus, template: &str) -> String {
     status
         .workflows
@@ -282,6 +295,8 @@ async fn example_tenants_get_their_own_workflows_and_drift_in_n8n_is_restored() 
             .collect()
     };
     let before = snapshot(n8n.workflows_tagged(&settled.tag).await?);
+    let writes = n8n_writes(&operator).await?;
+    assert!(writes > 0.0, "provisioning and repairs were counted");
     let reconciles = operator.metric_sum("partnerplane_reconciles_total").await?;
     wait_until("three more reconciles", Duration::from_secs(60), || async {
         let now = operator.metric_sum("partnerplane_reconciles_total").await?;
@@ -292,6 +307,11 @@ async fn example_tenants_get_their_own_workflows_and_drift_in_n8n_is_restored() 
         snapshot(n8n.workflows_tagged(&settled.tag).await?),
         before,
         "no workflow was written"
+    );
+    assert_eq!(
+        n8n_writes(&operator).await?,
+        writes,
+        "the operator's count of writes n8n accepted did not move"
     );
     let still = wait_workflows(&client, &a, "unchanged", |_| true).await?;
     assert_eq!(still, settled, "same workflows and credentials recorded");
@@ -322,6 +342,10 @@ async fn a_new_template_version_updates_every_tenants_copy_in_place() -> anyhow:
     let testbed = Testbed::load()?;
     let client = testbed.kube_admin().await?;
     let n8n = N8n::new(&testbed)?;
+    let shipped: Value = serde_json::from_str(&std::fs::read_to_string(
+        repo_root().join("operator/workflows/templates/sla-breach-escalation.json"),
+    )?)?;
+    let version = shipped["version"].as_i64().unwrap() as i32;
     let shard = unique_name("wf-version");
     let operator = Operator::start(&testbed, &shard, &[]).await?;
     let tenants = [unique_name("wf-v1"), unique_name("wf-v2")];
@@ -339,20 +363,18 @@ async fn a_new_template_version_updates_every_tenants_copy_in_place() -> anyhow:
     for t in &tenants {
         wait_condition(&client, t, "Ready", "True", Duration::from_secs(120)).await?;
         let s = wait_workflows(&client, t, "version 1", |w| {
-            w.workflows.first().is_some_and(|w| w.version == 1)
+            w.workflows.first().is_some_and(|w| w.version == version)
         })
         .await?;
         before.push(s.workflows[0].id.clone());
     }
     operator.stop().await?;
 
-    // The same operator, shipping version 2 of the template.
+    // The same operator, shipping the template's next version.
     let dir = std::env::temp_dir().join(unique_name("templates"));
     std::fs::create_dir_all(&dir)?;
-    let mut template: Value = serde_json::from_str(&std::fs::read_to_string(
-        repo_root().join("operator/workflows/templates/sla-breach-escalation.json"),
-    )?)?;
-    template["version"] = json!(2);
+    let mut template = shipped.clone();
+    template["version"] = json!(version + 1);
     for node in template["workflow"]["nodes"].as_array_mut().unwrap() {
         if node["name"] == "Notify the owner" {
             node["parameters"]["list"] = json!("%%KEY_PREFIX%%escalations-v2");
@@ -364,7 +386,9 @@ async fn a_new_template_version_updates_every_tenants_copy_in_place() -> anyhow:
         Operator::start(&testbed, &shard, &["--workflow-templates", &templates_arg]).await?;
     for (t, id) in tenants.iter().zip(&before) {
         let s = wait_workflows(&client, t, "version 2", |w| {
-            w.workflows.first().is_some_and(|w| w.version == 2)
+            w.workflows
+                .first()
+                .is_some_and(|w| w.version == version + 1)
         })
         .await?;
         assert_eq!(&s.workflows[0].id, id, "updated in place, not replaced");
@@ -372,7 +396,7 @@ async fn a_new_template_version_updates_every_tenants_copy_in_place() -> anyhow:
         assert_eq!(w["active"], true);
         let text = w["nodes"].to_string();
         assert!(
-            text.contains("escalations-v2") && text.contains("(v2)"),
+            text.contains("escalations-v2") && text.contains(&format!("(v{})", version + 1)),
             "{text}"
         );
     }

@@ -86,6 +86,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &client,
         config.backend_timeout,
         args.workflow_templates.as_deref(),
+        metrics.clone(),
     )
     .await?;
 

@@ -233,6 +233,7 @@ pub(crate) mod tests {
             None,
             Duration::from_secs(1),
             Catalog::embedded(),
+            None,
         )
         .unwrap()
     }

@@ -36,6 +36,7 @@ impl Engine {
         client: &kube::Client,
         timeout: Duration,
         templates_dir: Option<&std::path::Path>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Option<std::sync::Arc<Self>>> {
         let Some(config) = config else {
             return Ok(None);
@@ -49,7 +50,14 @@ impl Engine {
             Some(dir) => Catalog::with_overrides(dir)?,
             None => Catalog::embedded(),
         };
-        let engine = Self::new(&config.url, &api_key, ca.as_deref(), timeout, catalog)?;
+        let engine = Self::new(
+            &config.url,
+            &api_key,
+            ca.as_deref(),
+            timeout,
+            catalog,
+            Some(metrics),
+        )?;
         tracing::info!(n8n = %engine.n8n.base_url(), "workflow templates go to n8n");
         Ok(Some(std::sync::Arc::new(engine)))
     }
@@ -60,9 +68,10 @@ impl Engine {
         ca: Option<&str>,
         timeout: Duration,
         catalog: Catalog,
+        metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            n8n: N8n::new(url, api_key, ca, timeout)?,
+            n8n: N8n::new(url, api_key, ca, timeout, metrics)?,
             catalog,
             key: hmac::Key::new(hmac::HMAC_SHA256, api_key.trim().as_bytes()),
         })
@@ -108,6 +117,7 @@ mod tests {
             None,
             Duration::from_secs(1),
             Catalog::embedded(),
+            None,
         )
         .unwrap()
     }

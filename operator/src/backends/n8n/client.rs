@@ -1,5 +1,6 @@
 //! The HTTP client of n8n's public API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::error::N8nError;
 use super::model::{CreatedCredential, Page, Tag, Workflow, WorkflowBody};
+use crate::metrics::Metrics;
 
 /// Header carrying the API key.
 const API_KEY_HEADER: &str = "X-N8N-API-KEY";
@@ -21,6 +23,8 @@ const PAGE: u32 = 250;
 pub struct N8n {
     http: reqwest::Client,
     base: Url,
+    /// Latency per operation, and writes n8n accepted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for N8n {
@@ -39,6 +43,7 @@ impl N8n {
         api_key: &str,
         ca: Option<&str>,
         timeout: Duration,
+        metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut base = Url::parse(url).with_context(|| format!("n8n.url {url:?} is not a URL"))?;
@@ -68,6 +73,7 @@ impl N8n {
         Ok(Self {
             http: builder.build().context("building the n8n HTTP client")?,
             base,
+            metrics,
         })
     }
 
@@ -102,6 +108,11 @@ impl N8n {
             .base
             .join(&format!("api/v1/{path}"))
             .map_err(|e| self.unavailable(format!("bad API path: {e}")))?;
+        let _timer = self
+            .metrics
+            .as_ref()
+            .map(|m| m.backend_timer("n8n", operation));
+        let writes = method != Method::GET;
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
             request = request.json(body);
@@ -120,6 +131,12 @@ impl N8n {
             .map_err(|e| self.unavailable(innermost(&e)))?;
         if status.is_server_error() {
             return Err(self.unavailable(format!("HTTP {status}: {}", message_of(&text))));
+        }
+        if writes
+            && status.is_success()
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.backend_wrote("n8n", 1);
         }
         if !status.is_success() {
             return Err(N8nError::Refused {
@@ -433,7 +450,14 @@ mod tests {
 
     #[test]
     fn webhook_urls_join_the_base() {
-        let n8n = N8n::new("http://127.0.0.1:5678", "k", None, Duration::from_secs(1)).unwrap();
+        let n8n = N8n::new(
+            "http://127.0.0.1:5678",
+            "k",
+            None,
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             n8n.webhook_url("partnerplane/acme/sla").as_str(),
             "http://127.0.0.1:5678/webhook/partnerplane/acme/sla"
@@ -443,6 +467,7 @@ mod tests {
             "k",
             None,
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
         assert_eq!(
