@@ -120,15 +120,19 @@ async fn finish_refresh(
     Ok(report.path)
 }
 
-/// Rows of the rollup that a recompute from all rows does not produce, and
-/// the other way round — both must be empty.
+/// Rows of the rollup that a recompute from all rows (in the buckets the
+/// rollup keeps, from its recorded start on) does not produce, and the
+/// other way round — both must be empty.
 async fn differences(bed: &Bed) -> anyhow::Result<Vec<String>> {
     let names = DerivedNames::new(&bed.key);
     let s = format!("\"{}\"", bed.target.schema);
     let rollup = format!("{s}.\"{}\"", names.rollup);
     let mut out = vec![];
     for c in compile::compile(&bed.spec)? {
-        let full = c.rollup_select(&format!("{s}.\"visits\""), "");
+        let from = sql::refresh::retained_from(&bed.admin, &bed.target, &bed.key, &c.name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{}: no recorded start", c.name))?;
+        let full = c.rollup_select(&format!("{s}.\"visits\""), &c.retained(&from));
         let canonical = format!("SELECT {ROLLUP_COLUMNS}");
         let kept = format!("{canonical} FROM {rollup} WHERE metric = '{}'", c.name);
         for (label, a, b) in [("missing", &full, &kept), ("extra", &kept, &full)] {

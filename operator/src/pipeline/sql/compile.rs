@@ -240,6 +240,8 @@ pub struct Compiled {
     pub grain: Grain,
     /// Buckets in the window, ending with the current one.
     pub window_buckets: i64,
+    /// Days of daily values a forecast reads, when the metric has one.
+    pub history_days: Option<i32>,
     pub percentile: Option<i32>,
     partner_column: String,
     partner_type: ColumnType,
@@ -461,6 +463,7 @@ fn compile_metric(
         kind: a.kind,
         grain,
         window_buckets,
+        history_days: metric.forecast.as_ref().map(|f| f.history_days.max(1)),
         percentile,
         partner_column: source.partner_column.as_str().to_string(),
         partner_type: partner.type_,
@@ -568,17 +571,16 @@ impl Compiled {
             Some(cond) => format!("count(*) FILTER (WHERE {cond})"),
             None => "0::bigint".into(),
         };
-        let (s, lo, hi) = match measure {
-            Some(x) => (
-                format!("sum({x})"),
-                format!("min({x})"),
-                format!("max({x})"),
-            ),
-            None => (
-                "NULL::numeric".into(),
-                "NULL::numeric".into(),
-                "NULL::numeric".into(),
-            ),
+        // Only the partial aggregates this kind's value reads: each numeric
+        // aggregate over a window of rows costs a rebuild noticeably.
+        let none = || "NULL::numeric".to_string();
+        let (s, lo, hi) = match (self.kind, measure) {
+            (AggregateKind::Sum | AggregateKind::Average, Some(x)) => {
+                (format!("sum({x})"), none(), none())
+            }
+            (AggregateKind::Minimum, Some(x)) => (none(), format!("min({x})"), none()),
+            (AggregateKind::Maximum, Some(x)) => (none(), none(), format!("max({x})")),
+            _ => (none(), none(), none()),
         };
         format!(
             "SELECT {name}::text, {partner}, {dims}, {bucket}, {k}, {v}, count(*), {m}, {s}, {lo}, {hi} \
@@ -598,6 +600,42 @@ impl Compiled {
         hex::encode(&digest[..16])
     }
 
+    /// The earliest bucket (local time) anything reads now: the window's
+    /// first, or the first day a forecast reads if that is earlier.
+    /// Partial aggregates are kept from here on, not for the whole history.
+    pub fn needed_from(&self) -> String {
+        let (start, _) = self.window();
+        match self.history_days {
+            Some(days) => format!(
+                "least({start}, date_trunc('day', now() AT TIME ZONE {}) - interval '{} days')",
+                self.tz(),
+                days - 1
+            ),
+            None => start,
+        }
+    }
+
+    /// How many hours back from now [`Self::needed_from`] reaches, at most.
+    pub fn reach_hours(&self) -> i64 {
+        let window = match self.grain {
+            Grain::Hour => self.window_buckets,
+            Grain::Day => self.window_buckets * 24,
+        };
+        window.max(i64::from(self.history_days.unwrap_or(0)) * 24)
+    }
+
+    /// Rows whose bucket is `from` (a local bucket time) or later: a range
+    /// on the time column an index can serve, a little wider for DST, and
+    /// the bucket itself to decide.
+    pub fn retained(&self, from: &str) -> String {
+        format!(
+            "{time} >= (({from}) AT TIME ZONE {tz}) - interval '2 hours' AND {bucket} >= {from}",
+            time = self.time_of(),
+            tz = self.tz(),
+            bucket = self.bucket_of()
+        )
+    }
+
     /// Start and end of the metric's window as local bucket times.
     pub fn window(&self) -> (String, String) {
         let unit = self.grain.unit();
@@ -608,15 +646,18 @@ impl Compiled {
         )
     }
 
+    /// The rollup rows of the metric from `start` to `end` (local bucket
+    /// times), as the `FROM … WHERE …` of a query.
+    fn scope(&self, rollup: &str, start: &str, end: &str) -> String {
+        format!(
+            "FROM {rollup} WHERE metric = {} AND bucket >= {start} AND bucket < {end}",
+            string_literal(&self.name)
+        )
+    }
+
     /// The metric's value and sample count per `keys` (expression, alias),
-    /// from the rollup rows of its window (`start`..`end`, local bucket times).
-    pub fn value_select(
-        &self,
-        rollup: &str,
-        keys: &[(String, &str)],
-        start: &str,
-        end: &str,
-    ) -> String {
+    /// from the partial aggregates `scope` selects (rollup columns).
+    pub fn value_select(&self, scope: &str, keys: &[(String, &str)]) -> String {
         let select_keys: String = keys.iter().map(|(e, a)| format!("{e} AS {a}, ")).collect();
         let aliases: Vec<&str> = keys.iter().map(|(_, a)| *a).collect();
         let group_by = |extra: &str| {
@@ -631,10 +672,6 @@ impl Compiled {
             }
         };
         let alias_list: String = aliases.iter().map(|a| format!("{a}, ")).collect();
-        let scope = format!(
-            "FROM {rollup} WHERE metric = {} AND bucket >= {start} AND bucket < {end}",
-            string_literal(&self.name)
-        );
         if let Some(p) = self.percentile {
             let partition = if aliases.is_empty() {
                 String::new()
@@ -673,36 +710,60 @@ impl Compiled {
 
     /// Rows for the result table — (partner, dimensions, value, samples) over
     /// all partners, per partner, and per dimension value when grouped.
+    ///
+    /// The window's rows are read once, merged per (partner, dimensions,
+    /// bin, distinct value) — every partial aggregate merges again — and
+    /// each level is computed from that.
     pub fn results_select(&self, rollup: &str) -> String {
         let (start, end) = self.window();
+        // Only what this kind's value reads: merging numeric sums it never
+        // reads was most of a percentile's cost.
+        let mut keys = vec!["partner"];
+        keys.extend(self.has_dimensions.then_some("dims"));
+        keys.extend(self.percentile.is_some().then_some("k"));
+        keys.extend(self.distinct.is_some().then_some("v"));
+        let merged_values = match self.kind {
+            AggregateKind::Sum | AggregateKind::Average => ", sum(s) AS s",
+            AggregateKind::Minimum => ", min(lo) AS lo",
+            AggregateKind::Maximum => ", max(hi) AS hi",
+            AggregateKind::Ratio => ", sum(m) AS m",
+            AggregateKind::Count | AggregateKind::CountDistinct | AggregateKind::Percentile => "",
+        };
+        let merged = format!(
+            "SELECT {keys}, sum(n) AS n{merged_values} {} GROUP BY {keys}",
+            self.scope(rollup, &start, &end),
+            keys = keys.join(", ")
+        );
+        let scope = "FROM _pp_merged";
         let none = "NULL::text".to_string();
         let empty = "'{}'::jsonb".to_string();
         let mut parts = vec![
             format!(
                 "SELECT {none}, {empty}, value, samples FROM ({}) AS overall",
-                self.value_select(rollup, &[], &start, &end)
+                self.value_select(scope, &[])
             ),
             format!(
                 "SELECT partner, {empty}, value, samples FROM ({}) AS per_partner",
-                self.value_select(rollup, &[("partner".into(), "partner")], &start, &end)
+                self.value_select(scope, &[("partner".into(), "partner")])
             ),
         ];
         if self.has_dimensions {
             parts.push(format!(
                 "SELECT {none}, dims, value, samples FROM ({}) AS per_dims",
-                self.value_select(rollup, &[("dims".into(), "dims")], &start, &end)
+                self.value_select(scope, &[("dims".into(), "dims")])
             ));
             parts.push(format!(
                 "SELECT partner, dims, value, samples FROM ({}) AS per_partner_dims",
                 self.value_select(
-                    rollup,
-                    &[("partner".into(), "partner"), ("dims".into(), "dims")],
-                    &start,
-                    &end
+                    scope,
+                    &[("partner".into(), "partner"), ("dims".into(), "dims")]
                 )
             ));
         }
-        parts.join(" UNION ALL ")
+        format!(
+            "WITH _pp_merged AS MATERIALIZED ({merged}) {}",
+            parts.join(" UNION ALL ")
+        )
     }
 
     /// Daily values per partner over the last `days` days: (partner, day
@@ -713,10 +774,8 @@ impl Compiled {
         let end = format!("{today} + interval '1 day'");
         let day = format!("(date_trunc('day', bucket)::date - ({today})::date)");
         self.value_select(
-            rollup,
+            &self.scope(rollup, &start, &end),
             &[("partner".into(), "partner"), (day, "day")],
-            &start,
-            &end,
         )
     }
 
@@ -852,6 +911,69 @@ metrics:
             assert!(rollup.contains("GROUP BY 2, 3, 4, 5, 6"), "{rollup}");
             assert!(c.results_select("\"_pp_x_rollup\"").contains("UNION ALL"));
         }
+    }
+
+    #[test]
+    fn partial_aggregates_and_results_read_only_what_the_kind_needs() {
+        let of = |aggregate: &str| {
+            compile(&with_metric(&format!(
+                "  - {{name: m, domain: ServiceDelivery, source: orders, aggregate: {aggregate}}}\n"
+            )))
+            .unwrap()
+            .remove(0)
+        };
+        let p90 =
+            of("{kind: Percentile, percentile: 90, duration: {from: opened_at, to: closed_at}}");
+        let rollup = p90.rollup_select("s", "");
+        assert!(
+            !rollup.contains("sum((") && !rollup.contains("min(("),
+            "{rollup}"
+        );
+        let results = p90.results_select("r");
+        assert!(
+            results.contains("SELECT partner, k, sum(n) AS n FROM r"),
+            "{results}"
+        );
+        let average = of("{kind: Average, column: amount}");
+        assert!(
+            average
+                .rollup_select("s", "")
+                .contains("sum(\"amount\"::numeric), NULL::numeric, NULL::numeric")
+        );
+        assert!(
+            average
+                .results_select("r")
+                .contains("sum(n) AS n, sum(s) AS s FROM r")
+        );
+        let minimum = of("{kind: Minimum, column: amount}");
+        assert!(
+            minimum
+                .rollup_select("s", "")
+                .contains("NULL::numeric, min(\"amount\"::numeric), NULL::numeric")
+        );
+    }
+
+    #[test]
+    fn a_metric_reaches_back_over_its_window_or_its_forecast_history() {
+        let s = with_metric(
+            "  - {name: m, domain: ServiceDelivery, source: orders, window: 7d, aggregate: {kind: Count}, \
+             objective: {comparison: AtLeast, target: 1}, forecast: {horizon: 14d, historyDays: 60}}\n",
+        );
+        let c = &compile(&s).unwrap()[0];
+        assert_eq!(c.reach_hours(), 60 * 24);
+        assert!(c.needed_from().starts_with("least("), "{}", c.needed_from());
+        assert!(c.needed_from().contains("interval '59 days'"));
+        let hourly = with_metric(
+            "  - {name: m, domain: ServiceDelivery, source: orders, window: 48h, aggregate: {kind: Count}}\n",
+        );
+        let c = &compile(&hourly).unwrap()[0];
+        assert_eq!(c.reach_hours(), 48);
+        assert!(c.needed_from().contains("interval '47 hours'"));
+        let kept = c.retained("'2026-01-01T00:00:00'::timestamp");
+        assert!(
+            kept.starts_with("\"opened_at\" >= (('2026-01-01T00:00:00'::timestamp) AT TIME ZONE E'UTC') - interval '2 hours' AND date_trunc('hour'"),
+            "{kept}"
+        );
     }
 
     #[test]

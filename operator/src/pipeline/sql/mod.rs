@@ -3,9 +3,11 @@
 //! transaction the caller opened as the tenant's role.
 
 pub mod compile;
+pub mod horizon;
 pub mod names;
 pub mod refresh;
 pub mod sources;
+pub mod state;
 
 use tokio_postgres::Transaction;
 

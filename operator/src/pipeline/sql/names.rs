@@ -27,6 +27,9 @@ pub struct DerivedNames {
     pub stem: String,
     /// Partial aggregates per (metric, partner, dimensions, bucket).
     pub rollup: String,
+    /// The rollup's one index, unique per row and leading with (metric,
+    /// bucket, partner): window reads, key deletes and upserts all use it.
+    pub rollup_key: String,
     /// Per-partner values per refresh, for BI tools and copilots.
     pub results: String,
     /// The refresh watermark and each metric's definition.
@@ -35,6 +38,8 @@ pub struct DerivedNames {
     pub breaches: String,
     /// Webhook deliveries.
     pub outbox: String,
+    /// Work table: the (metric, partner, bucket) keys one refresh recomputes.
+    pub keys: String,
 }
 
 impl DerivedNames {
@@ -45,10 +50,12 @@ impl DerivedNames {
         );
         Self {
             rollup: format!("{stem}_rollup"),
+            rollup_key: format!("{stem}_rollup_bpk"),
             results: format!("{stem}_results"),
             state: format!("{stem}_state"),
             breaches: format!("{stem}_breaches"),
             outbox: format!("{stem}_outbox"),
+            keys: format!("{stem}_keys"),
             stem,
         }
     }
@@ -124,7 +131,7 @@ mod tests {
         let (changes, capture) = (a.changes(&long), a.capture(&long, &long, &long));
         let [x, t, p] = a.indexes(&long, &long, &long);
         for name in [
-            a.rollup, a.results, a.state, a.breaches, a.outbox, changes, capture, x, t, p,
+            a.rollup, a.results, a.state, a.breaches, a.outbox, a.keys, changes, capture, x, t, p,
         ] {
             // Room for the trigger suffix `_truncate`.
             assert!(

@@ -4,20 +4,24 @@
 //! after a later one, or while a refresh runs — is counted exactly once.
 //!
 //! Per refresh, for each metric: a changed definition (or no watermark)
-//! rebuilds its partial aggregates from the whole source; otherwise the
-//! (partner, bucket) keys of updated and deleted rows — before and after
-//! an update — are recomputed from raw rows, and inserted rows in every
-//! other key are merged by addition. The
-//! work is proportional to what changed, not to the history. A few random
-//! keys are re-derived from raw rows each time as a check; a difference is
-//! repaired and reported.
+//! rebuilds its partial aggregates from the source's rows in the buckets
+//! anything reads (see `horizon`); otherwise the (partner, bucket) keys of
+//! updated and deleted rows — before and after an update — are recomputed
+//! from raw rows, and inserted rows in every other key are merged by
+//! addition. Changes to older buckets are ignored. The work is
+//! proportional to what changed, not to the history. A few random keys are
+//! re-derived from raw rows each time as a check; a difference is repaired
+//! and reported.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::jiff::civil::DateTime;
 use tokio_postgres::Transaction;
 
 use super::compile::{self, Compiled};
+use super::horizon::{self, Reach};
 use super::names::{DerivedNames, XID_COLUMN, XID_NUMBER};
+use super::state::State;
 use super::{PipelineKey, SqlError, Target};
 use crate::api::metric::{Comparison, Objective};
 use crate::api::pipeline::MetricPipelineSpec;
@@ -27,6 +31,9 @@ use crate::pipeline::forecast::Point;
 /// Changed rows of one source above which its metrics are rebuilt rather
 /// than maintained key by key.
 const FULL_REBUILD_CHANGES: i64 = 200_000;
+/// Memory for a refresh's sorts and hash tables: a rebuild groups a whole
+/// window of rows, and spilling that to disk doubled its time.
+const WORK_MEM: &str = "64MB";
 /// Result rows are kept this long (the latest refresh's always).
 const RESULT_RETENTION: &str = "30 days";
 
@@ -106,64 +113,10 @@ fn snapshot_literal(text: &str) -> Option<String> {
     .then(|| format!("'{text}'::pg_snapshot"))
 }
 
-async fn read_state(
-    tx: &Transaction<'_>,
-    t: &Tables,
-) -> Result<BTreeMap<String, String>, SqlError> {
-    Ok(tx
-        .query(&format!("SELECT key, value FROM {}", t.state), &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
-}
-
-/// Records `key = value`; writes nothing when it already holds it.
-async fn write_state(
-    tx: &Transaction<'_>,
-    t: &Tables,
-    key: &str,
-    value: &str,
-) -> Result<(), SqlError> {
-    let known: Option<String> = tx
-        .query_opt(
-            &format!("SELECT value FROM {} WHERE key = $1", t.state),
-            &[&key],
-        )
-        .await?
-        .map(|r| r.get(0));
-    match known {
-        Some(v) if v == value => {}
-        Some(_) => {
-            tx.execute(
-                &format!("UPDATE {} SET value = $2 WHERE key = $1", t.state),
-                &[&key, &value],
-            )
-            .await?;
-        }
-        None => {
-            tx.execute(
-                &format!("INSERT INTO {} (key, value) VALUES ($1, $2)", t.state),
-                &[&key, &value],
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-/// Rows inserted by transactions `prev` did not see (rows written before
-/// the capture trigger stamped updates too). The first condition is what
-/// the BRIN index on the transaction number answers.
-fn written_since(prev: &str) -> String {
-    format!(
-        "{XID_NUMBER} >= (pg_snapshot_xmin({prev})::text)::bigint AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})"
-    )
-}
-
-/// Keys (partner, bucket) of rows updated or deleted since `prev`, with the
-/// time range to read them back from, as a subquery over the change table.
-fn changed_keys(c: &Compiled, changes: &str, prev: &str) -> String {
+/// Keys (partner, bucket) from `from` on of rows updated or deleted since
+/// `prev`, with the time range to read them back from, as a subquery over
+/// the change table.
+fn changed_keys(c: &Compiled, changes: &str, prev: &str, from: &str) -> String {
     let bucket = format!(
         "date_trunc('{}', at AT TIME ZONE {})",
         match c.grain {
@@ -176,8 +129,30 @@ fn changed_keys(c: &Compiled, changes: &str, prev: &str) -> String {
     format!(
         "SELECT _pp_partner, _pp_bucket, {lo} AS _pp_lo, {hi} AS _pp_hi FROM (\
          SELECT DISTINCT partner AS _pp_partner, {bucket} AS _pp_bucket FROM {changes} \
-         WHERE partner IS NOT NULL AND at IS NOT NULL AND NOT pg_visible_in_snapshot(xid, {prev})) AS _pp_changed"
+         WHERE partner IS NOT NULL AND at IS NOT NULL AND NOT pg_visible_in_snapshot(xid, {prev})) AS _pp_changed \
+         WHERE _pp_bucket >= {from}"
     )
+}
+
+/// Rows inserted by transactions `prev` did not see (rows written before
+/// the capture trigger stamped updates too). The first condition is what
+/// the BRIN index on the transaction number answers.
+fn written_since(prev: &str) -> String {
+    format!(
+        "{XID_NUMBER} >= (pg_snapshot_xmin({prev})::text)::bigint AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})"
+    )
+}
+
+/// What one refresh does to one metric's partial aggregates.
+struct MetricWork<'a> {
+    c: &'a Compiled,
+    /// Rebuild from this start, or maintain from it.
+    from: DateTime,
+    rebuild: bool,
+    /// Buckets before `from` are dropped first.
+    prune: bool,
+    inserted: i64,
+    logged: i64,
 }
 
 /// Refreshes every metric; returns the values over the current windows.
@@ -191,84 +166,194 @@ pub async fn refresh(
     let names = DerivedNames::new(key);
     let t = Tables::new(target, &names);
     let compiled = compile::compile(spec)?;
-    let state = read_state(tx, &t).await?;
-    let current: String = tx
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await?
-        .get(0);
+    // One statement: the snapshot, the hour results are anchored to, the
+    // state, and the earliest bucket each metric needs now (an idle
+    // refresh's round trips are most of its time).
+    let mut columns = vec![
+        "pg_current_snapshot()::text".to_string(),
+        format!(
+            "to_char(date_trunc('hour', now() AT TIME ZONE {}), 'YYYY-MM-DD\"T\"HH24')",
+            compile::string_literal(&spec.time_zone)
+        ),
+        format!(
+            "(SELECT coalesce(json_object_agg(key, value), '{{}}') FROM {})::text",
+            t.state
+        ),
+    ];
+    columns.extend(compiled.iter().map(|c| {
+        format!(
+            "to_char({}, {})",
+            c.needed_from(),
+            compile::string_literal(horizon::TEXT_FORMAT)
+        )
+    }));
+    let row = tx
+        .query_one(&format!("SELECT {}", columns.join(", ")), &[])
+        .await?;
+    let (current, anchor): (String, String) = (row.get(0), row.get(1));
+    let mut state = State::parse(&row.get::<_, String>(2))?;
+    let needed = (3..3 + compiled.len())
+        .map(|i| {
+            horizon::parse(&row.get::<_, String>(i)).ok_or_else(|| SqlError::Invalid {
+                path: "spec.timeZone".into(),
+                message: "Postgres printed a bucket time that is not a date and time".into(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let prev = state.get("snapshot").and_then(|s| snapshot_literal(s));
 
-    // What changed per source since the previous refresh.
+    // What changed per source since the previous refresh, in one statement.
     let mut changes: BTreeMap<&str, (i64, i64, bool)> = BTreeMap::new();
     if let Some(prev) = &prev {
-        for source in &spec.sources {
-            let name = source.name.as_str();
-            let table = t.source(name);
-            let log = format!("{}.{}", t.schema, quote_ident(&names.changes(name)));
-            let row = tx
-                .query_one(
-                    &format!(
-                        "SELECT (SELECT count(*) FROM {table} WHERE {}), \
-                         (SELECT count(*) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev})), \
-                         (SELECT coalesce(bool_or(truncated), false) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev}))",
-                        written_since(prev)
-                    ),
-                    &[],
+        let counts: Vec<String> = spec
+            .sources
+            .iter()
+            .map(|source| {
+                let name = source.name.as_str();
+                let log = format!("{}.{}", t.schema, quote_ident(&names.changes(name)));
+                format!(
+                    "(SELECT count(*) FROM {table} WHERE {written}), \
+                     (SELECT count(*) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev})), \
+                     (SELECT coalesce(bool_or(truncated), false) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev}))",
+                    table = t.source(name),
+                    written = written_since(prev)
                 )
+            })
+            .collect();
+        if !counts.is_empty() {
+            let row = tx
+                .query_one(&format!("SELECT {}", counts.join(", ")), &[])
                 .await?;
-            changes.insert(name, (row.get(0), row.get(1), row.get(2)));
+            for (i, source) in spec.sources.iter().enumerate() {
+                changes.insert(
+                    source.name.as_str(),
+                    (row.get(3 * i), row.get(3 * i + 1), row.get(3 * i + 2)),
+                );
+            }
         }
     }
+
+    // Decide per metric (no statement yet).
+    let mut work = vec![];
+    for (c, needed) in compiled.iter().zip(&needed) {
+        let table = t.source(&c.source);
+        let known = state.get(&format!("def:{}", c.name)) == Some(&c.fingerprint(&table));
+        let recorded = state
+            .get(&format!("from:{}", c.name))
+            .and_then(|s| horizon::parse(s));
+        let reach = horizon::decide(recorded, *needed, c.reach_hours());
+        let (inserted, logged, truncated) =
+            changes.get(c.source.as_str()).copied().unwrap_or_default();
+        let rebuild = prev.is_none()
+            || !known
+            || truncated
+            || inserted + logged > FULL_REBUILD_CHANGES
+            || reach == Reach::Rebuild;
+        let prune = !rebuild && reach == Reach::Prune && inserted + logged > 0;
+        let from = match (rebuild || prune, recorded) {
+            (false, Some(recorded)) => recorded,
+            _ => *needed,
+        };
+        work.push(MetricWork {
+            c,
+            from,
+            rebuild,
+            prune,
+            inserted,
+            logged,
+        });
+    }
+    let busy = work.iter().any(|w| w.rebuild || w.inserted + w.logged > 0);
+    if busy {
+        // Aggregating a source's rows must not spill to disk.
+        tx.batch_execute(&format!("SET LOCAL work_mem = '{WORK_MEM}'"))
+            .await?;
+    }
+
+    // Keys of updated and deleted rows, for every maintained metric at once,
+    // analysed so that reading them back uses the indexes.
+    let keys = format!("{}.{}", t.schema, quote_ident(&names.keys));
+    let prev_literal = prev.as_deref().unwrap_or_default();
+    let mut keyed = false;
+    for w in work.iter().filter(|w| !w.rebuild && w.logged > 0) {
+        let log = format!("{}.{}", t.schema, quote_ident(&names.changes(&w.c.source)));
+        tx.execute(
+            &format!(
+                "INSERT INTO {keys} (metric, partner, bucket, lo, hi) SELECT {}, * FROM ({}) AS k",
+                compile::string_literal(&w.c.name),
+                changed_keys(w.c, &log, prev_literal, &horizon::literal(w.from))
+            ),
+            &[],
+        )
+        .await?;
+        keyed = true;
+    }
+    if keyed {
+        tx.batch_execute(&format!("ANALYZE {keys}")).await?;
+    }
+    // The work table's columns under names no source column can have.
+    let keyed_as = format!(
+        "(SELECT metric AS _pp_metric, partner AS _pp_partner, bucket AS _pp_bucket, lo AS _pp_lo, hi AS _pp_hi FROM {keys})"
+    );
 
     let mut path = RefreshPath::Unchanged;
     let changed_rows: i64 = changes
         .values()
         .map(|(inserted, logged, _)| inserted + logged)
         .sum();
-    for c in &compiled {
+    for w in &work {
+        let c = w.c;
         let table = t.source(&c.source);
-        let fingerprint = c.fingerprint(&table);
-        let known = state.get(&format!("def:{}", c.name)) == Some(&fingerprint);
-        let (inserted, logged, truncated) =
-            changes.get(c.source.as_str()).copied().unwrap_or_default();
-        let full =
-            prev.is_none() || !known || truncated || inserted + logged > FULL_REBUILD_CHANGES;
         let name = compile::string_literal(&c.name);
-        if full {
+        if w.rebuild {
             tx.execute(
                 &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
                 &[],
             )
             .await?;
+            // In index order: the rollup's pages then follow its buckets.
             tx.execute(
                 &format!(
-                    "INSERT INTO {} ({}) {}",
+                    "INSERT INTO {} ({}) {} ORDER BY 4, 2",
                     t.rollup,
                     compile::ROLLUP_COLUMNS,
-                    c.rollup_select(&table, "")
+                    c.rollup_select(&table, &c.retained(&horizon::literal(w.from)))
                 ),
                 &[],
             )
             .await?;
-            write_state(tx, &t, &format!("def:{}", c.name), &fingerprint).await?;
+            state.set(format!("def:{}", c.name), c.fingerprint(&table));
+            state.set(format!("from:{}", c.name), horizon::text(w.from));
             path = RefreshPath::Full;
             continue;
         }
-        let prev = prev.as_deref().unwrap_or_default();
-        let log = format!("{}.{}", t.schema, quote_ident(&names.changes(&c.source)));
-        if logged > 0 {
-            let keys = changed_keys(c, &log, prev);
+        if w.inserted + w.logged == 0 {
+            continue;
+        }
+        if w.prune {
             tx.execute(
                 &format!(
-                    "DELETE FROM {r} USING ({keys}) AS k WHERE {r}.metric = {name} \
-                     AND {r}.partner = k._pp_partner AND {r}.bucket = k._pp_bucket",
+                    "DELETE FROM {} WHERE metric = {name} AND bucket < {}",
+                    t.rollup,
+                    horizon::literal(w.from)
+                ),
+                &[],
+            )
+            .await?;
+            state.set(format!("from:{}", c.name), horizon::text(w.from));
+        }
+        if w.logged > 0 {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {r} USING {keyed_as} AS k WHERE k._pp_metric = {name} AND {r}.metric = {name} \
+                     AND {r}.bucket = k._pp_bucket AND {r}.partner = k._pp_partner",
                     r = t.rollup
                 ),
                 &[],
             )
             .await?;
             let from = format!(
-                "{table} JOIN ({keys}) AS k ON {} AND {time} >= k._pp_lo AND {time} < k._pp_hi",
+                "{table} JOIN {keyed_as} AS k ON k._pp_metric = {name} AND {} AND {time} >= k._pp_lo AND {time} < k._pp_hi",
                 c.partner_equals("k._pp_partner"),
                 time = c.time_of()
             );
@@ -283,13 +368,17 @@ pub async fn refresh(
             )
             .await?;
         }
-        if inserted > 0 {
-            let mut fresh = written_since(prev);
-            if logged > 0 {
+        if w.inserted > 0 {
+            let mut fresh = format!(
+                "{} AND {}",
+                written_since(prev_literal),
+                c.retained(&horizon::literal(w.from))
+            );
+            if w.logged > 0 {
                 // Rows in recomputed keys were counted from raw rows above.
                 fresh.push_str(&format!(
-                    " AND NOT EXISTS (SELECT 1 FROM ({}) AS k WHERE k._pp_partner = {} AND k._pp_bucket = {})",
-                    changed_keys(c, &log, prev),
+                    " AND NOT EXISTS (SELECT 1 FROM {keyed_as} AS k WHERE k._pp_metric = {name} \
+                     AND k._pp_partner = {} AND k._pp_bucket = {})",
                     c.partner_of(),
                     c.bucket_of()
                 ));
@@ -307,9 +396,12 @@ pub async fn refresh(
             )
             .await?;
         }
-        if inserted + logged > 0 && path == RefreshPath::Unchanged {
+        if path == RefreshPath::Unchanged {
             path = RefreshPath::Incremental;
         }
+    }
+    if keyed {
+        tx.execute(&format!("DELETE FROM {keys}"), &[]).await?;
     }
     // Drop partial aggregates of metrics no longer in the spec.
     let kept: Vec<String> = compiled.iter().map(|c| c.name.clone()).collect();
@@ -326,8 +418,8 @@ pub async fn refresh(
         )
         .await?;
         tx.execute(
-            &format!("DELETE FROM {} WHERE key = $1", t.state),
-            &[&format!("def:{metric}")],
+            &format!("DELETE FROM {} WHERE key = $1 OR key = $2", t.state),
+            &[&format!("def:{metric}"), &format!("from:{metric}")],
         )
         .await?;
         path = RefreshPath::Full;
@@ -379,18 +471,11 @@ pub async fn refresh(
     // With nothing new the previous snapshot still marks what was counted;
     // keeping it makes an idle refresh write nothing at all.
     if path != RefreshPath::Unchanged || prev.is_none() {
-        write_state(tx, &t, "snapshot", &current).await?;
+        state.set("snapshot", current);
     }
 
     // Results: recomputed when anything changed or a window moved on.
     let results_key = results_fingerprint(&compiled, spec);
-    let anchor: String = tx
-        .query_one(
-            "SELECT to_char(date_trunc('hour', now() AT TIME ZONE $1), 'YYYY-MM-DD\"T\"HH24')",
-            &[&spec.time_zone],
-        )
-        .await?
-        .get(0);
     let results_state = format!("{results_key}@{anchor}");
     let reuse = path == RefreshPath::Unchanged
         && mismatched == 0
@@ -418,8 +503,9 @@ pub async fn refresh(
             &[],
         )
         .await?;
-        write_state(tx, &t, "results", &results_state).await?;
+        state.set("results", results_state);
     }
+    state.flush(tx, &t.state).await?;
     let metrics = latest_results(tx, &t, spec).await?;
     Ok(RefreshReport {
         metrics,
@@ -602,6 +688,27 @@ async fn latest_results(
         out.push(result);
     }
     Ok(out)
+}
+
+/// The first bucket `metric`'s partial aggregates hold, as the last
+/// rebuild or prune recorded it, as an SQL constant: the rollup holds
+/// exactly what `rollup_select` makes of the rows `retained` from it keeps.
+pub async fn retained_from(
+    client: &impl tokio_postgres::GenericClient,
+    target: &Target,
+    key: &PipelineKey,
+    metric: &str,
+) -> Result<Option<String>, SqlError> {
+    let t = Tables::new(target, &DerivedNames::new(key));
+    let row = client
+        .query_opt(
+            &format!("SELECT value FROM {} WHERE key = $1", t.state),
+            &[&format!("from:{metric}")],
+        )
+        .await?;
+    Ok(row
+        .and_then(|r| horizon::parse(&r.get::<_, String>(0)))
+        .map(horizon::literal))
 }
 
 /// Each partner's daily values of `metric` over the last `history_days`

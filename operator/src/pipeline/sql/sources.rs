@@ -302,19 +302,35 @@ fn capture_statements(
 
 fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalog: &Catalog) {
     let s = quote_ident(schema);
+    let rollup = format!("{s}.{}", quote_ident(&names.rollup));
     if !catalog.tables.contains_key(&names.rollup) {
-        let t = format!("{s}.{}", quote_ident(&names.rollup));
         out.statements.push(format!(
-            "CREATE TABLE {t} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, bucket timestamp NOT NULL, \
+            "CREATE TABLE {rollup} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, bucket timestamp NOT NULL, \
              k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric)"
         ));
+    }
+    // Earlier versions kept two indexes; one ordered by bucket does both jobs.
+    for old in [
+        format!("{}_key", names.rollup),
+        format!("{}_window", names.rollup),
+    ] {
+        if catalog.indexes.contains(&old) {
+            out.statements
+                .push(format!("DROP INDEX {s}.{}", quote_ident(&old)));
+        }
+    }
+    if !catalog.indexes.contains(&names.rollup_key) {
         out.statements.push(format!(
-            "CREATE UNIQUE INDEX {} ON {t} (metric, partner, dims, bucket, k, v) NULLS NOT DISTINCT",
-            quote_ident(&format!("{}_key", names.rollup))
+            "CREATE UNIQUE INDEX {} ON {rollup} (metric, bucket, partner, dims, k, v) NULLS NOT DISTINCT",
+            quote_ident(&names.rollup_key)
         ));
+    }
+    if !catalog.tables.contains_key(&names.keys) {
+        // Unlogged: it is emptied before every commit.
         out.statements.push(format!(
-            "CREATE INDEX {} ON {t} (metric, bucket)",
-            quote_ident(&format!("{}_window", names.rollup))
+            "CREATE UNLOGGED TABLE {s}.{} (metric text NOT NULL, partner text NOT NULL, bucket timestamp NOT NULL, \
+             lo timestamptz NOT NULL, hi timestamptz NOT NULL)",
+            quote_ident(&names.keys)
         ));
     }
     if !catalog.tables.contains_key(&names.results) {
@@ -340,72 +356,73 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
     }
 }
 
-/// Reads what exists in the tenant schema (four catalog queries).
+/// Reads what exists in the tenant schema, in one statement (a refresh
+/// runs this every time, so round trips count).
 pub async fn read_catalog(tx: &Transaction<'_>, schema: &str) -> Result<Catalog, SqlError> {
-    let mut catalog = Catalog::default();
-    let rows = tx
-        .query(
-            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), obj_description(c.oid, 'pg_class') \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
-            &[&schema],
-        )
-        .await?;
-    for row in rows {
-        let table: String = row.get(0);
-        let entry = catalog.tables.entry(table).or_default();
-        entry.comment = row.get(3);
-        if let (Some(column), Some(type_)) = (
-            row.get::<_, Option<String>>(1),
-            row.get::<_, Option<String>>(2),
-        ) {
-            entry.columns.insert(column, type_);
-        }
-    }
-    for row in tx
-        .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'i'",
-            &[&schema],
-        )
-        .await?
-    {
-        catalog.indexes.insert(row.get(0));
-    }
-    for row in tx
-        .query(
-            "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND NOT t.tgisinternal",
-            &[&schema],
-        )
-        .await?
-    {
-        catalog.triggers.insert(row.get(0));
-    }
-    for row in tx
-        .query(
-            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
-            &[&schema],
-        )
-        .await?
-    {
-        catalog.functions.insert(row.get(0));
-    }
-    Ok(catalog)
+    let rows = tx.query(&catalog_query(""), &[&schema]).await?;
+    Ok(catalog_of(&rows))
 }
 
-/// Refuses a time zone Postgres does not know, naming the field.
-async fn check_time_zone(tx: &Transaction<'_>, zone: &str) -> Result<(), SqlError> {
-    tx.batch_execute("SAVEPOINT partnerplane_time_zone").await?;
-    match tx.query_one("SELECT now() AT TIME ZONE $1", &[&zone]).await {
-        Ok(_) => {
-            tx.batch_execute("RELEASE SAVEPOINT partnerplane_time_zone")
-                .await?;
-            Ok(())
+/// The catalog query, with `extra` (`UNION ALL …`, parameters from `$2`)
+/// appended.
+fn catalog_query(extra: &str) -> String {
+    format!(
+        "SELECT 'r', c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), obj_description(c.oid, 'pg_class') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
+         UNION ALL SELECT 'i', c.relname::text, NULL, NULL, NULL FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'i' \
+         UNION ALL SELECT 't', t.tgname::text, NULL, NULL, NULL FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND NOT t.tgisinternal \
+         UNION ALL SELECT 'f', p.proname::text, NULL, NULL, NULL FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1{extra}"
+    )
+}
+
+fn catalog_of(rows: &[tokio_postgres::Row]) -> Catalog {
+    let mut catalog = Catalog::default();
+    for row in rows {
+        let (kind, name): (String, String) = (row.get(0), row.get(1));
+        match kind.as_str() {
+            "r" => {
+                let entry = catalog.tables.entry(name).or_default();
+                entry.comment = row.get(4);
+                if let (Some(column), Some(type_)) = (
+                    row.get::<_, Option<String>>(2),
+                    row.get::<_, Option<String>>(3),
+                ) {
+                    entry.columns.insert(column, type_);
+                }
+            }
+            "i" => {
+                catalog.indexes.insert(name);
+            }
+            "t" => {
+                catalog.triggers.insert(name);
+            }
+            "f" => {
+                catalog.functions.insert(name);
+            }
+            _ => {}
         }
+    }
+    catalog
+}
+
+/// Reads the catalog and checks the time zone in one statement; a zone
+/// Postgres does not know is refused naming the field (the statement
+/// fails, and the caller rolls the transaction back).
+async fn read_catalog_checking_zone(
+    tx: &Transaction<'_>,
+    schema: &str,
+    zone: &str,
+) -> Result<Catalog, SqlError> {
+    let query =
+        catalog_query(" UNION ALL SELECT 'z', (now() AT TIME ZONE $2)::text, NULL, NULL, NULL");
+    match tx.query(&query, &[&schema, &zone]).await {
+        Ok(rows) => Ok(catalog_of(&rows)),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT partnerplane_time_zone")
-                .await?;
             Err(SqlError::Invalid {
                 path: "spec.timeZone".into(),
                 message: format!("{zone} is not a time zone Postgres knows"),
@@ -422,8 +439,7 @@ pub async fn ensure(
     key: &PipelineKey,
     spec: &MetricPipelineSpec,
 ) -> Result<Ensured, SqlError> {
-    check_time_zone(tx, &spec.time_zone).await?;
-    let catalog = read_catalog(tx, &target.schema).await?;
+    let catalog = read_catalog_checking_zone(tx, &target.schema, &spec.time_zone).await?;
     let plan = plan(&target.schema, key, spec, &catalog)?;
     for statement in &plan.statements {
         tx.batch_execute(statement).await?;
@@ -556,9 +572,10 @@ metrics:
                 .extend(trigger_names(&capture_of(&names, source)));
             catalog.indexes.extend(indexes_of(&names, source));
         }
-        for t in [&names.rollup, &names.results, &names.state] {
+        for t in [&names.rollup, &names.results, &names.state, &names.keys] {
             catalog.tables.insert(t.clone(), Observed::default());
         }
+        catalog.indexes.insert(names.rollup_key.clone());
         catalog
     }
 
@@ -601,6 +618,20 @@ metrics:
             plan("t", &key(), &s, &before).unwrap().statements,
             [format!("DROP INDEX \"t\".\"{b_tree}\"")]
         );
+    }
+
+    #[test]
+    fn the_rollup_gets_one_index_led_by_metric_and_bucket_in_place_of_the_old_two() {
+        let s = spec("", false);
+        let names = DerivedNames::new(&key());
+        let mut before = applied(&s);
+        before.indexes.remove(&names.rollup_key);
+        before.indexes.insert(format!("{}_key", names.rollup));
+        before.indexes.insert(format!("{}_window", names.rollup));
+        let statements = plan("t", &key(), &s, &before).unwrap().statements;
+        assert_eq!(statements.len(), 3, "{statements:#?}");
+        assert!(statements[2].contains("(metric, bucket, partner, dims, k, v)"));
+        assert!(statements[..2].iter().all(|s| s.starts_with("DROP INDEX")));
     }
 
     #[test]
