@@ -254,7 +254,7 @@ async fn run_floor(
                     serde_json::to_value(children::service_account(&tenant, &names))?,
                     serde_json::to_value(children::role(&tenant, &names))?,
                     serde_json::to_value(children::role_binding(&tenant, &names))?,
-                    serde_json::to_value(secret_access::binding(&tenant, &names, &access))?,
+                    serde_json::to_value(secret_access::binding(&tenant, &names, access))?,
                 ];
                 for policy in children::network_policies(&tenant, &names, &Default::default()) {
                     objects.push(serde_json::to_value(policy)?);

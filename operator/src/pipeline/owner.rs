@@ -90,6 +90,35 @@ pub fn resolve(
     })
 }
 
+/// What [`resolve`] decides from: the namespace's annotations (from the
+/// watch cache, else a live read) and the tenant they name, read live.
+pub async fn observe(
+    ctx: &crate::context::Context,
+    namespace: &str,
+) -> Result<(Option<BTreeMap<String, String>>, Option<PartnerTenant>), kube::Error> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::Api;
+    use kube::runtime::reflector::ObjectRef;
+
+    let meta = match ctx.stores.namespaces.get(&ObjectRef::new(namespace)) {
+        Some(ns) => Some(ns.metadata.clone()),
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(namespace)
+            .await?
+            .map(|ns| ns.metadata),
+    };
+    let annotations = meta.map(|m| m.annotations.unwrap_or_default());
+    let tenant = match annotations.as_ref().and_then(tenant_name) {
+        Some(name) => {
+            Api::<PartnerTenant>::all(ctx.client.clone())
+                .get_opt(name)
+                .await?
+        }
+        None => None,
+    };
+    Ok((annotations, tenant))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,15 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::civil::Date;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use tokio_postgres::IsolationLevel;
 
 use super::breach::{Evaluation, Transition};
@@ -28,7 +25,6 @@ use super::sql::{self, PipelineKey, RefreshReport, Target};
 use super::status::{self as pstatus, MetricForecast, OBJECTIVES_MET, REFRESHED, SOURCES_READY};
 use super::telemetry::PipelineLabels;
 use super::{delivery, forecast, outbox};
-use crate::api::PartnerTenant;
 use crate::api::conditions::{self, RECONCILING};
 use crate::api::metric::Comparison;
 use crate::api::pipeline::{MetricPipeline, MetricPipelineStatus};
@@ -149,27 +145,7 @@ pub(super) async fn owner_of(
     for_cleanup: bool,
 ) -> Result<Owner, Error> {
     let namespace = pipeline.namespace().unwrap_or_default();
-    let cached = ctx
-        .shared
-        .stores
-        .namespaces
-        .get(&ObjectRef::new(&namespace));
-    let live = match cached {
-        Some(ns) => Some(ns.metadata.clone()),
-        None => Api::<Namespace>::all(ctx.shared.client.clone())
-            .get_opt(&namespace)
-            .await?
-            .map(|ns| ns.metadata),
-    };
-    let annotations = live.map(|meta| meta.annotations.unwrap_or_default());
-    let tenant = match annotations.as_ref().and_then(owner::tenant_name) {
-        Some(name) => {
-            Api::<PartnerTenant>::all(ctx.shared.client.clone())
-                .get_opt(name)
-                .await?
-        }
-        None => None,
-    };
+    let (annotations, tenant) = owner::observe(&ctx.shared, &namespace).await?;
     Ok(owner::resolve(
         &namespace,
         annotations.as_ref(),

@@ -3,10 +3,7 @@
 //! or a namespace, so a copilot can only ever reach the index, tables and
 //! keys of the tenant owning the namespace it was created in.
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
 
 use super::context::CopilotContext;
 use super::error::Error;
@@ -36,27 +33,7 @@ pub async fn owner_of(
     for_cleanup: bool,
 ) -> Result<(Owner, Option<PartnerTenant>), Error> {
     let namespace = copilot.namespace().unwrap_or_default();
-    let cached = ctx
-        .shared
-        .stores
-        .namespaces
-        .get(&ObjectRef::new(&namespace));
-    let live = match cached {
-        Some(ns) => Some(ns.metadata.clone()),
-        None => Api::<Namespace>::all(ctx.shared.client.clone())
-            .get_opt(&namespace)
-            .await?
-            .map(|ns| ns.metadata),
-    };
-    let annotations = live.map(|meta| meta.annotations.unwrap_or_default());
-    let tenant = match annotations.as_ref().and_then(owner::tenant_name) {
-        Some(name) => {
-            Api::<PartnerTenant>::all(ctx.shared.client.clone())
-                .get_opt(name)
-                .await?
-        }
-        None => None,
-    };
+    let (annotations, tenant) = owner::observe(&ctx.shared, &namespace).await?;
     let decided = owner::resolve(
         &namespace,
         annotations.as_ref(),
