@@ -146,6 +146,7 @@ async fn the_charts_rbac_is_enough_for_every_kind_and_nothing_more() -> anyhow::
     let foreign = unique_name("not-a-tenant");
     let tenant = unique_name("rbac-t");
     let doomed = unique_name("rbac-d");
+    let refused = unique_name("rbac-r");
     let namespace = format!("ptn-{tenant}");
 
     let result = async {
@@ -231,6 +232,15 @@ async fn the_charts_rbac_is_enough_for_every_kind_and_nothing_more() -> anyhow::
             Some(403),
             "no Secret list or watch cluster-wide"
         );
+        // Nor can it bind itself Secret access there.
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "grab", "namespace": foreign},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{fullname}-tenant-secrets")},
+            "subjects": [{"kind": "ServiceAccount", "name": fullname, "namespace": NAMESPACE}]});
+        let grabbed = Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(confined.clone(), &foreign)
+            .create(&Default::default(), &serde_json::from_value(binding)?)
+            .await;
+        assert_eq!(status_code(grabbed), Some(403), "binding Secret access outside tenants");
         let namespaces = Api::<Namespace>::all(confined.clone());
         let taken = namespaces
             .patch(
@@ -254,6 +264,19 @@ async fn the_charts_rbac_is_enough_for_every_kind_and_nothing_more() -> anyhow::
                 .await?
                 .is_some_and(|n| n.metadata.deletion_timestamp.is_none())
         );
+
+        // A tenant refused someone else's namespace goes without a trace
+        // there, though the operator never had access to it.
+        pipelines::apply(
+            &admin,
+            &[operator.tenant(&refused, json!({"displayName": "Refused", "namespace": foreign}))],
+        )
+        .await?;
+        wait_condition(&admin, &refused, "Stalled", "True", DEADLINE).await?;
+        Api::<PartnerTenant>::all(admin.clone())
+            .delete(&refused, &DeleteParams::default())
+            .await?;
+        partnerplane_e2e::wait_deleted(&admin, &refused, DEADLINE).await?;
 
         // A Delete tenant's namespace is one the policy lets it delete.
         pipelines::apply(
@@ -293,7 +316,7 @@ async fn the_charts_rbac_is_enough_for_every_kind_and_nothing_more() -> anyhow::
         anyhow::Ok(())
     }
     .await;
-    let _ = delete_tenants(&admin, &[tenant, doomed]).await;
+    let _ = delete_tenants(&admin, &[tenant, doomed, refused]).await;
     for ns in [&foreign, &namespace] {
         let _ = Api::<Namespace>::all(admin.clone())
             .delete(ns, &DeleteParams::background())

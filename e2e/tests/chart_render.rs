@@ -350,10 +350,15 @@ fn the_chart_and_config_default_render_the_same_objects() -> anyhow::Result<()> 
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     ] {
-        let spec = |objects: &[Value]| -> anyhow::Result<Value> {
-            Ok(find(objects, kind, "partnerplane-operator-namespaces")?["spec"].clone())
-        };
-        assert_eq!(spec(&chart)?, spec(&kustomize)?, "the {kind}");
+        for name in [
+            "partnerplane-operator-namespaces",
+            "partnerplane-operator-tenant-namespaces",
+        ] {
+            let spec = |objects: &[Value]| -> anyhow::Result<Value> {
+                Ok(find(objects, kind, name)?["spec"].clone())
+            };
+            assert_eq!(spec(&chart)?, spec(&kustomize)?, "the {kind} {name}");
+        }
     }
     Ok(())
 }

@@ -247,9 +247,10 @@ fn overlay(desired: &Value, live: Option<&Value>, claims: &[&Map<String, Value>]
 /// the object itself, which a converged object has none of.
 pub fn keep_foreign_entries(entries: &mut Option<Vec<ManagedFieldsEntry>>) {
     if let Some(list) = entries {
+        // A `scale` change is a spec change; only status is someone else's to write.
         list.retain(|e| {
             e.manager.as_deref() != Some(FIELD_MANAGER)
-                && e.subresource.as_deref().is_none_or(str::is_empty)
+                && e.subresource.as_deref() != Some("status")
         });
         if list.is_empty() {
             *entries = None;

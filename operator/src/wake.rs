@@ -25,6 +25,7 @@ pub fn fingerprint(meta: &ObjectMeta) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     meta.labels.hash(&mut hasher);
     meta.annotations.hash(&mut hasher);
+    meta.generation.hash(&mut hasher);
     meta.deletion_timestamp.is_some().hash(&mut hasher);
     serde_json::to_string(&meta.owner_references)
         .unwrap_or_default()
@@ -58,8 +59,9 @@ impl Wake {
         let key = object_key(object.meta())?;
         let print = fingerprint(object.meta());
         let before = self.seen.lock().expect("wake lock").insert(key, print);
-        let echo = self.own_writes.is_echo(object);
-        let wakes = always || (!echo && before != Some(print));
+        // Only a changed fingerprint may be an echo: an unrelated event
+        // (a status update) must not use up the announcement.
+        let wakes = always || (before != Some(print) && !self.own_writes.is_echo(object));
         if wakes {
             tracing::debug!(object = ?object_key(object.meta()), relisted = always, "a change wakes the tenant");
         }

@@ -434,12 +434,16 @@ async fn apply_kubernetes(
         {
             Ok(_) => apply::count_write::<Namespace>(&ctx.metrics),
             Err(kube::Error::Api(e)) if e.code == 409 => {
+                s.namespaces.own_writes.withdraw(&desired);
                 return Err(Error::Waiting(format!(
                     "namespace {} appeared while it was being created; deciding again whose it is",
                     names.namespace
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                s.namespaces.own_writes.withdraw(&desired);
+                return Err(e.into());
+            }
         }
     } else {
         apply_one(ctx, &s.namespaces, &desired).await?;
@@ -488,8 +492,12 @@ pub(super) async fn patch_namespace(
     namespace: &str,
     patch: &serde_json::Value,
 ) -> Result<(), Error> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
     Api::<Namespace>::all(ctx.client.clone())
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(namespace, &params, &Patch::Merge(patch))
         .await?;
     Ok(())
 }

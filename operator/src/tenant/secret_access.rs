@@ -174,10 +174,22 @@ pub async fn apply(ctx: &Context, desired: &Secret, live: Option<&Secret>) -> Re
 }
 
 /// The Secrets of the operator's making for `tenant` in its namespace.
+/// Where the operator holds no access (a namespace never provisioned, or
+/// its binding already revoked by an earlier pass of a cleanup), it can have
+/// made none it still keeps: nothing is listed rather than a cleanup that
+/// never completes.
 pub async fn owned(ctx: &Context, names: &TenantNames, tenant: &str) -> Result<Vec<Secret>, Error> {
-    let listed = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
+    let listed = match Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
         .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await?;
+        .await
+    {
+        Ok(listed) => listed,
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+            tracing::debug!(namespace = %names.namespace, code = e.code, "no Secret access here: none to list");
+            return Ok(vec![]);
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(listed
         .items
         .into_iter()
