@@ -478,7 +478,12 @@ EOF
 }
 
 start_n8n() {
-  n8n_pid >/dev/null && return
+  # A running n8n that lost its database (PostgreSQL restarted under it)
+  # answers 503 until its connection check recovers, a few seconds later.
+  if n8n_pid >/dev/null; then
+    wait_for "n8n" 120 n8n_ready
+    return
+  fi
   mkdir -p "$N8N_HOME/home" "$N8N_HOME/run"
   log "starting n8n on $(n8n_url)"
   (
