@@ -273,6 +273,18 @@ impl Testbed {
         .await
     }
 
+    /// Stops the Kubernetes control plane (API server, etcd, controllers)
+    /// and starts it again: every client's watches must relist.
+    pub fn restart_kubernetes(&self) -> anyhow::Result<()> {
+        let root = repo_root();
+        let status = std::process::Command::new(root.join("e2e/.testbed/bin/kwokctl"))
+            .args(["stop", "cluster", "--name", "partnerplane"])
+            .env("KWOK_WORKDIR", root.join("e2e/.testbed/kwok"))
+            .status()?;
+        anyhow::ensure!(status.success(), "kwokctl stop cluster failed");
+        self.bring_up()
+    }
+
     /// Brings stopped parts of the test bed back (`e2e/testbed.sh up`).
     pub fn bring_up(&self) -> anyhow::Result<()> {
         let status = std::process::Command::new(repo_root().join("e2e/testbed.sh"))

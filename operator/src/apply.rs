@@ -26,7 +26,7 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -316,7 +316,7 @@ where
     let namespace = desired.namespace();
     let name = desired.name_any();
     let live: Option<K> = match cached.meta_of(&name, namespace.as_deref()) {
-        Some(meta) if cached.verified.holds(&meta.metadata, wish) => return Ok(false),
+        Some(slim) if cached.verified.holds(&slim, wish) => return Ok(false),
         Some(_) => match api_for::<K>(client, namespace.as_deref())
             .get_opt(&name)
             .await?
@@ -434,6 +434,29 @@ where
     counted_unless_missing::<K, _>(result, metrics)
 }
 
+/// [`remove_tenant_owner`] for a cached object: the cache keeps only
+/// whether there is such a reference, so the object's references are read
+/// live (others' must stay).
+pub async fn remove_cached_tenant_owner<K>(
+    client: &kube::Client,
+    cached: &crate::slim::Slim<K>,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    if !cached.tenant_owned {
+        return Ok(());
+    }
+    match api_for::<K>(client, cached.namespace.as_deref())
+        .get_metadata_opt(&cached.name)
+        .await?
+    {
+        Some(live) => drop_tenant_owner::<K>(client, &cached.name, &live.metadata, metrics).await,
+        None => Ok(()),
+    }
+}
+
 /// Removes an owner reference to a PartnerTenant left by an earlier version;
 /// nothing is sent when there is none.
 pub async fn remove_tenant_owner<K>(
@@ -444,21 +467,31 @@ pub async fn remove_tenant_owner<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
-    if !owned_by_a_tenant(object) {
+    drop_tenant_owner::<K>(client, &object.name_any(), object.meta(), metrics).await
+}
+
+/// Patches the owner references in `meta` without those to a PartnerTenant.
+async fn drop_tenant_owner<K>(
+    client: &kube::Client,
+    name: &str,
+    meta: &ObjectMeta,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    if !crate::slim::has_tenant_owner(meta) {
         return Ok(());
     }
-    let others: Vec<_> = object
-        .owner_references()
+    let others: Vec<_> = meta
+        .owner_references
         .iter()
+        .flatten()
         .filter(|o| !(o.kind == "PartnerTenant" && o.api_version.starts_with("partnerplane.io/")))
         .collect();
     let patch = serde_json::json!({"metadata": {"ownerReferences": others}});
-    let result = api_for::<K>(client, object.namespace().as_deref())
-        .patch(
-            &object.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+    let result = api_for::<K>(client, meta.namespace.as_deref())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await;
     counted_unless_missing::<K, _>(result, metrics)
 }
@@ -467,10 +500,7 @@ where
 /// earlier versions set them; applying without one removes it, so the
 /// garbage collector can never take the object with its tenant.
 fn owned_by_a_tenant<K: Resource>(object: &K) -> bool {
-    object
-        .owner_references()
-        .iter()
-        .any(|o| o.kind == "PartnerTenant" && o.api_version.starts_with("partnerplane.io/"))
+    crate::slim::has_tenant_owner(object.meta())
 }
 
 /// Counts a successful write; an object already gone (404) counts as done.

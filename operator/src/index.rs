@@ -3,15 +3,16 @@
 //! cache, so a reconcile finds one tenant's objects without scanning every
 //! tenant's (which made a bulk apply of N tenants cost O(N²)).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
+
+use crate::slim::Slim;
 
 /// What an object is filed under, if anything.
 pub type KeyFn = fn(&ObjectMeta) -> Option<String>;
@@ -25,18 +26,26 @@ pub struct Index {
 
 #[derive(Default)]
 struct State {
-    live: HashMap<String, BTreeSet<String>>,
+    live: Names,
     /// Filled during a relist, swapped in when it completes.
-    relisting: Option<HashMap<String, BTreeSet<String>>>,
+    relisting: Option<Names>,
 }
 
-fn file(map: &mut HashMap<String, BTreeSet<String>>, key: String, name: String) {
-    map.entry(key).or_default().insert(name);
+/// A key has a handful of names (a tenant's objects of one kind), so a
+/// short vector costs far less than a set.
+type Names = HashMap<String, Vec<String>>;
+
+fn file(map: &mut Names, key: String, name: String) {
+    let names = map.entry(key).or_default();
+    if !names.contains(&name) {
+        names.push(name);
+        names.sort();
+    }
 }
 
-fn unfile(map: &mut HashMap<String, BTreeSet<String>>, key: &str, name: &str) {
+fn unfile(map: &mut Names, key: &str, name: &str) {
     if let Some(names) = map.get_mut(key) {
-        names.remove(name);
+        names.retain(|n| n != name);
         if names.is_empty() {
             map.remove(key);
         }
@@ -87,11 +96,7 @@ impl Index {
     /// The names filed under `key`.
     pub fn names(&self, key: &str) -> Vec<String> {
         let state = self.state.lock().expect("index lock");
-        state
-            .live
-            .get(key)
-            .map(|names| names.iter().cloned().collect())
-            .unwrap_or_default()
+        state.live.get(key).cloned().unwrap_or_default()
     }
 }
 
@@ -100,34 +105,31 @@ pub fn by_namespace(meta: &ObjectMeta) -> Option<String> {
     meta.namespace.clone()
 }
 
-/// A metadata-only watch cache of one kind, with what reconciles need
-/// beside it: an index by namespace (or, for cluster-scoped objects,
-/// another key), the operator's own writes (whose watch events start no
-/// reconcile), and the version at which each object last matched what the
-/// operator wants (so that an unchanged object is never read in full).
+/// A watch cache of one kind holding only what decisions read of each
+/// object (see [`Slim`]), with what reconciles need beside it: an index by
+/// namespace (or, for cluster-scoped objects, another key), the operator's
+/// own writes (whose watch events start no reconcile), and the version at
+/// which each object last matched what the operator wants (so that an
+/// unchanged object is never read in full).
 #[derive(Clone)]
 pub struct Indexed<K: Resource<DynamicType = ()> + Clone + 'static> {
-    pub store: Store<PartialObjectMeta<K>>,
+    pub store: Store<Slim<K>>,
     pub index: Index,
     pub own_writes: crate::own_writes::OwnWrites,
     pub verified: crate::verified::Verified,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Deref for Indexed<K> {
-    type Target = Store<PartialObjectMeta<K>>;
+    type Target = Store<Slim<K>>;
 
-    fn deref(&self) -> &Store<PartialObjectMeta<K>> {
+    fn deref(&self) -> &Store<Slim<K>> {
         &self.store
     }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Indexed<K> {
-    /// The cached metadata of the object `name` (in `namespace`).
-    pub fn meta_of(
-        &self,
-        name: &str,
-        namespace: Option<&str>,
-    ) -> Option<Arc<PartialObjectMeta<K>>> {
+    /// The cached object `name` (in `namespace`).
+    pub fn meta_of(&self, name: &str, namespace: Option<&str>) -> Option<Arc<Slim<K>>> {
         let reference = ObjectRef::new(name);
         self.store.get(&match namespace {
             Some(ns) => reference.within(ns),
@@ -137,11 +139,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Indexed<K> {
 
     /// The cached objects filed under `key` (for namespaced objects: those
     /// in that namespace).
-    pub fn filed_under(
-        &self,
-        key: &str,
-        namespace: Option<&str>,
-    ) -> Vec<Arc<PartialObjectMeta<K>>> {
+    pub fn filed_under(&self, key: &str, namespace: Option<&str>) -> Vec<Arc<Slim<K>>> {
         self.index
             .names(key)
             .into_iter()

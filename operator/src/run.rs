@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -23,6 +23,7 @@ use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::pipeline::context::PipelineContext;
 use crate::pipeline::webhook::WebhookClient;
+use crate::recorder::Recorder;
 use crate::{copilot, leader, pipeline, tenant, watches};
 
 /// Runs the operator until SIGTERM or SIGINT.

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
+use crate::slim::Slim;
+
 /// `(namespace, name)` of an object; `None` without a name.
 pub fn object_key(meta: &ObjectMeta) -> Option<(String, String)> {
     Some((
@@ -33,11 +35,16 @@ pub fn fingerprint(desired: &Value) -> u64 {
 }
 
 impl Verified {
-    /// Whether the object at `version` was confirmed to match the wish `wish`.
-    pub fn holds(&self, meta: &ObjectMeta, wish: u64) -> bool {
-        let (Some(key), Some(version)) = (object_key(meta), meta.resource_version.as_ref()) else {
+    /// Whether the object, at the version the cache shows, was confirmed to
+    /// match the wish `wish`.
+    pub fn holds<K>(&self, cached: &Slim<K>, wish: u64) -> bool {
+        let Some(version) = cached.resource_version.as_ref() else {
             return false;
         };
+        let key = (
+            cached.namespace.clone().unwrap_or_default(),
+            cached.name.clone(),
+        );
         let confirmed = self.0.lock().expect("verified lock");
         confirmed
             .get(&key)
@@ -65,7 +72,12 @@ impl Verified {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
     use serde_json::json;
+
+    fn cached(name: &str, version: &str) -> Slim<ConfigMap> {
+        Slim::of(&meta(name, version))
+    }
 
     fn meta(name: &str, version: &str) -> ObjectMeta {
         ObjectMeta {
@@ -82,12 +94,15 @@ mod tests {
         let wish = fingerprint(&json!({"spec": {"hard": {"pods": "10"}}}));
         let other = fingerprint(&json!({"spec": {"hard": {"pods": "20"}}}));
         assert_ne!(wish, other);
-        assert!(!verified.holds(&meta("q", "5"), wish), "never read");
+        assert!(!verified.holds(&cached("q", "5"), wish), "never read");
         verified.record(&meta("q", "5"), wish);
-        assert!(verified.holds(&meta("q", "5"), wish));
-        assert!(!verified.holds(&meta("q", "6"), wish), "changed since");
-        assert!(!verified.holds(&meta("q", "5"), other), "the wish changed");
+        assert!(verified.holds(&cached("q", "5"), wish));
+        assert!(!verified.holds(&cached("q", "6"), wish), "changed since");
+        assert!(
+            !verified.holds(&cached("q", "5"), other),
+            "the wish changed"
+        );
         verified.forget(&meta("q", "5"));
-        assert!(!verified.holds(&meta("q", "5"), wish));
+        assert!(!verified.holds(&cached("q", "5"), wish));
     }
 }

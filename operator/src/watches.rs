@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::apply;
 use crate::context::Stores;
 use crate::index::{Index, Indexed, KeyFn, by_namespace};
+use crate::slim::Slim;
 use crate::tenant::children::MANAGED_SELECTOR;
 use crate::verified::Verified;
 use crate::wake::Wake;
@@ -35,16 +36,17 @@ pub struct ChildStreams {
     pub stateful_sets: ChildStream<k8s_openapi::api::apps::v1::StatefulSet>,
 }
 
-/// A metadata-only watch: existence, labels, annotations, owners and the
-/// resourceVersion are all the decisions read from the cache; an object
-/// whose version changed since the operator last confirmed it is read in
-/// full, by name (see `apply::apply_to_indexed`). The cache then costs the
-/// same whatever the objects' bodies hold.
+/// A metadata-only watch: existence, the operator's annotations, owners
+/// and the resourceVersion are all the decisions read from the cache (see
+/// [`Slim`]); an object whose version changed since the operator last
+/// confirmed it is read in full, by name (see `apply::apply_to_indexed`).
+/// The cache then costs the same whatever the objects hold. Which events
+/// wake a tenant is decided on the metadata as served, before it is slimmed.
 fn reflect<K>(client: &kube::Client, selector: &str, key: KeyFn) -> (Indexed<K>, ChildStream<K>)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
+    let (reader, mut writer) = reflector::store::<Slim<K>>();
     let index = Index::new(key);
     let wake = Wake::default();
     let own_writes = wake.own_writes.clone();
@@ -54,6 +56,7 @@ where
     let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
     let config = watcher::Config::default().labels(selector).any_semantic();
     let stream = watcher(api, config)
+        .default_backoff()
         .map_ok(move |event| {
             // Drift shows as a new resourceVersion (the full read carries
             // every managedFields entry); other managers' entries on the
@@ -64,12 +67,11 @@ where
             if let watcher::Event::Delete(object) = &event {
                 confirmed.forget(&object.metadata);
             }
-            event
+            writer.apply_watcher_event(&crate::slim::event(&event));
+            // The cache follows every event; only others' changes wake the tenant.
+            wake.wakes(&event)
         })
-        .default_backoff()
-        .reflect(writer)
-        // The cache follows every event; only others' changes wake the tenant.
-        .try_filter_map(move |event| std::future::ready(Ok(wake.wakes(&event))))
+        .try_filter_map(|woken| std::future::ready(Ok(woken)))
         .boxed();
     (
         Indexed {
@@ -80,6 +82,17 @@ where
         },
         stream,
     )
+}
+
+/// What no decision reads of a cached custom resource: who wrote which
+/// field (`managedFields`, the bulk of a small object once parsed) and
+/// client-side apply's copy of the last manifest. Dropping both keeps a
+/// cache of 10,000 tenants small.
+pub fn drop_bookkeeping(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Namespaces are filed under the tenant they record (to find one kept from

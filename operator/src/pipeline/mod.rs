@@ -142,7 +142,8 @@ pub async fn run(
     if let Some(selector) = &selector {
         config = config.labels(selector);
     }
-    let stream = watcher(pipelines, config)
+    let stream = watcher(pipelines, config.clone())
+        .modify(|pipeline| crate::watches::drop_bookkeeping(&mut pipeline.metadata))
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -153,19 +154,17 @@ pub async fn run(
     let tenants: Api<PartnerTenant> = Api::all(ctx.shared.client.clone());
     Controller::for_stream(stream, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .watches(
-            tenants,
-            watcher::Config::default().any_semantic(),
-            move |tenant: PartnerTenant| {
-                let namespace = tenant.status.and_then(|s| s.namespace);
-                in_namespace
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == namespace)
-                    .map(|p| ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        // Tenants of the shard only: a shard's pipelines and copilots live
+        // in namespaces of tenants that carry the same labels.
+        .watches(tenants, config, move |tenant: PartnerTenant| {
+            let namespace = tenant.status.and_then(|s| s.namespace);
+            in_namespace
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == namespace)
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {

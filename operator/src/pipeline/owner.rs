@@ -100,14 +100,15 @@ pub async fn observe(
     use kube::api::Api;
     use kube::runtime::reflector::ObjectRef;
 
-    let meta = match ctx.stores.namespaces.get(&ObjectRef::new(namespace)) {
-        Some(ns) => Some(ns.metadata.clone()),
-        None => Api::<Namespace>::all(ctx.client.clone())
-            .get_opt(namespace)
-            .await?
-            .map(|ns| ns.metadata),
-    };
-    let annotations = meta.map(|m| m.annotations.unwrap_or_default());
+    // The cache keeps the operator's annotations, all a namespace's owner is read from.
+    let annotations: Option<BTreeMap<String, String>> =
+        match ctx.stores.namespaces.get(&ObjectRef::new(namespace)) {
+            Some(ns) => Some(ns.annotations.iter().cloned().collect()),
+            None => Api::<Namespace>::all(ctx.client.clone())
+                .get_metadata_opt(namespace)
+                .await?
+                .map(|ns| ns.metadata.annotations.unwrap_or_default()),
+        };
     let tenant = match annotations.as_ref().and_then(tenant_name) {
         Some(name) => {
             Api::<PartnerTenant>::all(ctx.client.clone())

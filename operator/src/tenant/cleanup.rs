@@ -15,7 +15,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{CustomResourceExt, ResourceExt};
 
-use super::children;
 use super::error::Error;
 use super::ownership::{self, Claim};
 use super::reconcile::{claim_namespace, names_of, patch_namespace, patch_status, prune, publish};
@@ -320,9 +319,8 @@ async fn strip_tenant_owners(
     macro_rules! strip_all {
         ($($store:expr),*) => {$(
             for object in $store.filed_under(&names.namespace, Some(&names.namespace)) {
-                if children::tenant_of(object.as_ref()).as_deref() == Some(tenant_name.as_str())
-                {
-                    apply::remove_tenant_owner(&ctx.client, object.as_ref(), &ctx.metrics).await?;
+                if object.tenant() == Some(tenant_name.as_str()) {
+                    apply::remove_cached_tenant_owner(&ctx.client, &object, &ctx.metrics).await?;
                 }
             }
         )*};

@@ -152,6 +152,7 @@ pub async fn run(
     let written = Arc::new(status::Written::default());
     let (reader, writer) = reflector::store();
     let tenant_stream = watcher(tenants, tenant_watch)
+        .modify(|tenant| crate::watches::drop_bookkeeping(&mut tenant.metadata))
         .default_backoff()
         .reflect(writer)
         .applied_objects()

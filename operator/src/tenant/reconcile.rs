@@ -36,6 +36,7 @@ use crate::context::Context;
 use crate::credentials::{self, Credentials, Origin, StoreRead};
 use crate::index::Indexed;
 use crate::naming::{self, TenantNames};
+use crate::slim::Slim;
 
 /// Path of the credentials under the tenant's Vault/OpenBao prefix.
 const VAULT_CREDENTIALS: &str = "credentials";
@@ -72,15 +73,15 @@ pub(super) async fn observe_namespace(
     ctx: &Context,
 ) -> Result<Option<ownership::Observed>, Error> {
     let live = match ctx.stores.namespaces.get(&ObjectRef::new(name)) {
-        Some(cached) => Some(cached.metadata.clone()),
+        Some(cached) => Some(cached.as_ref().clone()),
         None => Api::<Namespace>::all(ctx.client.clone())
-            .get_opt(name)
+            .get_metadata_opt(name)
             .await?
-            .map(|ns| ns.metadata),
+            .map(|ns| Slim::of(&ns.metadata)),
     };
-    Ok(live.map(|meta| ownership::Observed {
-        terminating: meta.deletion_timestamp.is_some(),
-        annotations: meta.annotations.unwrap_or_default(),
+    Ok(live.map(|ns| ownership::Observed {
+        terminating: ns.terminating,
+        annotations: ns.annotations.iter().cloned().collect(),
     }))
 }
 
@@ -102,10 +103,9 @@ pub(super) async fn claim_namespace(
             .filed_under(&name, None)
             .into_iter()
             .find_map(|ns| {
-                let annotations = ns.annotations();
-                let earlier = annotations.get(ownership::TENANT_NAME) == Some(&name)
-                    && annotations.get(ownership::TENANT_UID) != Some(&uid);
-                earlier.then(|| ns.name_any())
+                let earlier = ns.annotation(ownership::TENANT_NAME) == Some(name.as_str())
+                    && ns.annotation(ownership::TENANT_UID) != Some(uid.as_str());
+                earlier.then(|| ns.name.clone())
             }),
     };
     let recorded = tenant.status.as_ref().and_then(|s| s.namespace.as_deref())
@@ -392,12 +392,11 @@ where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned,
 {
     for object in store.filed_under(&names.namespace, Some(&names.namespace)) {
-        let ours = children::tenant_of(object.as_ref()).as_deref() == Some(tenant);
-        if ours && !keep.contains(&object.name_any()) {
+        if object.tenant() == Some(tenant) && !keep.contains(&object.name) {
             apply::delete::<K>(
                 &ctx.client,
                 Some(&names.namespace),
-                &object.name_any(),
+                &object.name,
                 &ctx.metrics,
             )
             .await?;
@@ -451,7 +450,7 @@ async fn apply_kubernetes(
     let stale_mark = s
         .namespaces
         .get(&ObjectRef::new(&names.namespace))
-        .is_some_and(|ns| ns.annotations().contains_key(ownership::ADOPT_BY));
+        .is_some_and(|ns| ns.annotation(ownership::ADOPT_BY).is_some());
     if adopting || stale_mark {
         release_adoption_mark(tenant, names, ctx).await?;
     }

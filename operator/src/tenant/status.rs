@@ -38,8 +38,20 @@ pub fn roll_up(
 /// writes do not start a reconcile, so nothing else would correct a write
 /// skipped on such a stale read. A status is left unwritten only when both
 /// the object read and the last write show it.
+///
+/// Only a fingerprint of each status is kept, so the map costs the same
+/// whatever the status holds.
 #[derive(Debug, Default)]
-pub struct Written(Mutex<HashMap<String, PartnerTenantStatus>>);
+pub struct Written(Mutex<HashMap<String, u64>>);
+
+fn fingerprint(status: &PartnerTenantStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
 
 impl Written {
     /// Records `status` as written for the tenant `uid`.
@@ -47,7 +59,7 @@ impl Written {
         self.0
             .lock()
             .expect("not poisoned")
-            .insert(uid.to_string(), status.clone());
+            .insert(uid.to_string(), fingerprint(status));
     }
 
     /// Forgets the tenant `uid` (it is gone).
@@ -69,7 +81,7 @@ impl Written {
                 .lock()
                 .expect("not poisoned")
                 .get(uid)
-                .is_none_or(|last| last == status)
+                .is_none_or(|last| *last == fingerprint(status))
     }
 }
 

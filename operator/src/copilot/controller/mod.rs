@@ -154,7 +154,8 @@ pub async fn run(
     if let Some(selector) = &selector {
         config = config.labels(selector);
     }
-    let stream = watcher(copilots, config)
+    let stream = watcher(copilots, config.clone())
+        .modify(|copilot| crate::watches::drop_bookkeeping(&mut copilot.metadata))
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -186,11 +187,11 @@ pub async fn run(
     let tenants: Api<PartnerTenant> = Api::all(client);
     Controller::for_stream(stream, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .watches(
-            tenants,
-            watcher::Config::default().any_semantic(),
-            move |tenant: PartnerTenant| by_tenant(tenant.status.and_then(|s| s.namespace)),
-        )
+        // Tenants of the shard only: a shard's pipelines and copilots live
+        // in namespaces of tenants that carry the same labels.
+        .watches(tenants, config, move |tenant: PartnerTenant| {
+            by_tenant(tenant.status.and_then(|s| s.namespace))
+        })
         .watches_stream(pipelines, move |p: crate::api::MetricPipeline| {
             by_pipeline(p.namespace())
         })
