@@ -2,9 +2,12 @@
 //! bed, against a floor that issues the same backend operations directly.
 //!
 //! Prints throughput, apply→Ready latency percentiles, API writes and
-//! backend ensures per tenant and the operator's peak RSS, then the floor's
-//! time and the ratio (`--no-floor` skips the floor). Each phase starts once
-//! the previous one's namespaces are gone, not only terminating.
+//! backend ensures per tenant and the operator's peak RSS (also across a
+//! restart of the control plane, which makes every watch relist), then the
+//! floor's time and the ratio (`--no-floor` skips the floor). `--shards N`
+//! splits the tenants across N operators, each selecting its own. Each
+//! phase starts once the previous one's namespaces are gone, not only
+//! terminating.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,8 +87,9 @@ struct OperatorRun {
     total: Duration,
     latencies: Vec<Duration>,
     api_writes: f64,
-    peak_rss_mib: Option<f64>,
-    restart_rss_mib: Option<f64>,
+    /// Per operator (shard).
+    peak_rss_mib: Vec<Option<f64>>,
+    restart_rss_mib: Vec<Option<f64>>,
 }
 
 /// Restarts the control plane with every tenant Ready, so every watch of
@@ -94,9 +98,10 @@ struct OperatorRun {
 async fn across_restart(
     testbed: &Testbed,
     client: &kube::Client,
-    operator: &Operator,
-) -> anyhow::Result<Option<f64>> {
+    operators: &[Operator],
+) -> anyhow::Result<Vec<Option<f64>>> {
     testbed.restart_kubernetes()?;
+    let operator = &operators[0];
     let name = format!("{}-after-restart", operator.shard);
     let manifest = operator.tenant(
         &name,
@@ -117,7 +122,10 @@ async fn across_restart(
         Duration::from_secs(300),
     )
     .await?;
-    let rss = operator.pid().and_then(peak_rss_mib);
+    let rss = operators
+        .iter()
+        .map(|o| o.pid().and_then(peak_rss_mib))
+        .collect();
     delete_tenants(client, &[name]).await?;
     Ok(rss)
 }
@@ -126,18 +134,28 @@ async fn run_operator(
     testbed: &Testbed,
     client: &kube::Client,
     tenants: usize,
+    shards: usize,
 ) -> anyhow::Result<(OperatorRun, Vec<String>)> {
-    let operator =
-        Operator::start(testbed, &unique_name("bench"), &["--concurrency", "32"]).await?;
-    let (idle, idle_names) = idle_latencies(client, &operator, 20).await?;
+    let mut operators = vec![];
+    for _ in 0..shards {
+        operators
+            .push(Operator::start(testbed, &unique_name("bench"), &["--concurrency", "32"]).await?);
+    }
+    let (idle, idle_names) = idle_latencies(client, &operators[0], 20).await?;
     delete_tenants(client, &idle_names).await?;
-    let names: Vec<String> = (0..tenants)
-        .map(|i| format!("{}-{i}", operator.shard))
+    // Tenant i goes to shard i mod N.
+    let placed: Vec<(String, &Operator)> = (0..tenants)
+        .map(|i| {
+            let operator = &operators[i % shards];
+            (format!("{}-{i}", operator.shard), operator)
+        })
         .collect();
+    let names: Vec<String> = placed.iter().map(|(n, _)| n.clone()).collect();
     let api: Api<PartnerTenant> = Api::all(client.clone());
 
     // Watch readiness from before the first apply.
-    let selector = format!("partnerplane.io/shard={}", operator.shard);
+    let shard_names: Vec<&str> = operators.iter().map(|o| o.shard.as_str()).collect();
+    let selector = format!("partnerplane.io/shard in ({})", shard_names.join(","));
     let ready_at: Arc<tokio::sync::Mutex<HashMap<String, Instant>>> = Default::default();
     let watch = {
         let ready_at = ready_at.clone();
@@ -161,9 +179,9 @@ async fn run_operator(
     };
 
     let started = Instant::now();
-    let applied: HashMap<String, Instant> = stream::iter(names.clone())
-        .map(|name| {
-            let (client, operator) = (client.clone(), &operator);
+    let applied: HashMap<String, Instant> = stream::iter(placed.clone())
+        .map(|(name, operator)| {
+            let client = client.clone();
             async move {
                 let manifest = operator.tenant(
                     &name,
@@ -197,10 +215,16 @@ async fn run_operator(
         .map(|n| ready_at[n].saturating_duration_since(applied[n]))
         .collect();
     latencies.sort();
-    let peak_rss_mib = operator.pid().and_then(peak_rss_mib);
-    let text = operator.metrics().await?;
-    let api_writes = operator.metric_sum("partnerplane_api_writes_total").await?;
-    let restart_rss_mib = across_restart(testbed, client, &operator).await?;
+    let peak_rss_mib = operators
+        .iter()
+        .map(|o| o.pid().and_then(peak_rss_mib))
+        .collect();
+    let text = operators[0].metrics().await?;
+    let mut api_writes = 0.0;
+    for operator in &operators {
+        api_writes += operator.metric_sum("partnerplane_api_writes_total").await?;
+    }
+    let restart_rss_mib = across_restart(testbed, client, &operators).await?;
     let run = OperatorRun {
         idle,
         backend_means: backend_means(&text),
@@ -211,7 +235,7 @@ async fn run_operator(
         restart_rss_mib,
     };
     delete_tenants(client, &names).await?;
-    drop(operator);
+    drop(operators);
     Ok((run, names))
 }
 
@@ -370,16 +394,17 @@ fn backend_means(metrics: &str) -> Vec<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let tenants = arg("--tenants", 1000);
+    let shards = arg("--shards", 1).max(1);
     let testbed = Testbed::load()?;
     let client = testbed.kube_admin().await?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "partnerplane bench: {tenants} tenants, {cores} cores, apply concurrency {CONCURRENCY}"
+        "partnerplane bench: {tenants} tenants, {shards} operator shard(s), {cores} cores, apply concurrency {CONCURRENCY}"
     );
 
-    let (run, operator_tenants) = run_operator(&testbed, &client, tenants).await?;
+    let (run, operator_tenants) = run_operator(&testbed, &client, tenants, shards).await?;
     println!(
         "one tenant, idle operator: apply -> Ready p50 {:.0} ms, p99 {:.0} ms (20 tenants, one at a time)",
         percentile(&run.idle, 0.5).as_secs_f64() * 1e3,
@@ -402,15 +427,17 @@ async fn main() -> anyhow::Result<()> {
     for line in &run.backend_means {
         println!("  backend {line}");
     }
-    match run.peak_rss_mib {
-        Some(rss) => println!("operator peak RSS: {rss:.0} MiB"),
-        None => println!("operator peak RSS: unavailable"),
-    }
-    if let Some(rss) = run.restart_rss_mib {
-        println!(
-            "operator peak RSS across a control-plane restart (every watch relisted): {rss:.0} MiB"
-        );
-    }
+    let mib = |all: &[Option<f64>]| {
+        all.iter()
+            .map(|rss| rss.map_or("unavailable".to_string(), |r| format!("{r:.0} MiB")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("operator peak RSS (per shard): {}", mib(&run.peak_rss_mib));
+    println!(
+        "operator peak RSS across a control-plane restart (every watch relisted; per shard): {}",
+        mib(&run.restart_rss_mib)
+    );
 
     if std::env::args().any(|a| a == "--no-floor") {
         return Ok(());

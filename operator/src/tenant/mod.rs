@@ -20,6 +20,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -36,8 +37,14 @@ use error::Error;
 pub const FINALIZER: &str = "partnerplane.io/tenant-cleanup";
 const CONTROLLER: &str = "partnertenant";
 
+/// What the controller's cache holds of each tenant: its metadata, all that
+/// deciding whether to reconcile reads. A reconcile reads the tenant whole,
+/// and current; 10,000 full tenants (and twice that while a watch relists)
+/// would be most of the operator's memory.
+type TenantMeta = PartialObjectMeta<PartnerTenant>;
+
 async fn reconcile(
-    tenant: Arc<PartnerTenant>,
+    seen: Arc<TenantMeta>,
     ctx: Arc<Context>,
     written: Arc<status::Written>,
 ) -> Result<Action, Error> {
@@ -52,6 +59,12 @@ async fn reconcile(
         return Err(Error::Waiting("the watch caches".into()));
     }
     let started = Instant::now();
+    let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
+    let Some(tenant) = api.get_opt(&seen.name_any()).await? else {
+        // Gone since the event: nothing left to reconcile.
+        return Ok(Action::await_change());
+    };
+    let tenant = Arc::new(tenant);
     let span =
         tracing::info_span!("reconcile", controller = CONTROLLER, tenant = %tenant.name_any());
     ctx.metrics
@@ -60,7 +73,6 @@ async fn reconcile(
             controller: CONTROLLER,
         })
         .inc();
-    let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
     let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             FinalizerEvent::Apply(t) => reconcile::apply(t, &ctx, &written).await,
@@ -86,7 +98,7 @@ async fn reconcile(
     result
 }
 
-fn error_policy(tenant: Arc<PartnerTenant>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(tenant: Arc<TenantMeta>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
@@ -104,18 +116,15 @@ fn error_policy(tenant: Arc<PartnerTenant>, error: &Error, ctx: Arc<Context>) ->
 /// would otherwise run every tenant a second time after each reconcile. A
 /// reconcile therefore may read a tenant whose cached status lags its own
 /// last write; [`status::Written`] keeps such a read from skipping a write.
-fn worth_reconciling(tenant: &PartnerTenant) -> Option<u64> {
+fn worth_reconciling<K: kube::Resource>(tenant: &K) -> Option<u64> {
+    let meta = tenant.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    tenant.metadata.generation.hash(&mut hasher);
-    tenant
-        .metadata
-        .deletion_timestamp
-        .is_some()
-        .hash(&mut hasher);
-    tenant.metadata.finalizers.hash(&mut hasher);
-    tenant
-        .annotations()
-        .get(teardown::ABANDON)
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(teardown::ABANDON))
         .hash(&mut hasher);
     Some(hasher.finish())
 }
@@ -128,7 +137,7 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let tenants: Api<PartnerTenant> = Api::all(ctx.client.clone());
+    let tenants: Api<TenantMeta> = Api::all(ctx.client.clone());
     let ChildStreams {
         namespaces,
         quotas,
@@ -142,7 +151,7 @@ pub async fn run(
     } = streams;
     // Children map to their tenant by annotation: owner references cannot
     // name the namespace-less PartnerTenant correctly from a namespaced child.
-    fn owner<K: kube::Resource>(object: K) -> Option<ObjectRef<PartnerTenant>> {
+    fn owner<K: kube::Resource>(object: K) -> Option<ObjectRef<TenantMeta>> {
         children::tenant_of(&object).map(|name| ObjectRef::new(&name))
     }
     let mut tenant_watch = watcher::Config::default().any_semantic();

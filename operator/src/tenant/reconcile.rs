@@ -166,33 +166,37 @@ pub async fn apply(
     );
     fail::fail_point!("tenant-after-namespace");
     let (credentials, cred_origin, secret_was_read) = load_credentials(&tenant, &names, ctx).await;
-    let mut rotated = vec![];
-    let database = outcome(
-        status::DATABASE_READY,
-        apply_database(
-            &tenant,
-            &names,
-            &credentials,
-            cred_origin,
-            &mut rotated,
-            ctx,
-        )
-        .await,
+    // Postgres and Redis are apart: their parts run together.
+    let (mut rotated, mut rotated_cache) = (vec![], vec![]);
+    let (database, cache) = futures::join!(
+        async {
+            let database = apply_database(
+                &tenant,
+                &names,
+                &credentials,
+                cred_origin,
+                &mut rotated,
+                ctx,
+            )
+            .await;
+            fail::fail_point!("tenant-after-database");
+            outcome(status::DATABASE_READY, database)
+        },
+        async {
+            let cache = apply_cache(
+                &tenant,
+                &names,
+                &credentials,
+                cred_origin,
+                &mut rotated_cache,
+                ctx,
+            )
+            .await;
+            fail::fail_point!("tenant-after-cache");
+            outcome(status::CACHE_READY, cache)
+        },
     );
-    fail::fail_point!("tenant-after-database");
-    let cache = outcome(
-        status::CACHE_READY,
-        apply_cache(
-            &tenant,
-            &names,
-            &credentials,
-            cred_origin,
-            &mut rotated,
-            ctx,
-        )
-        .await,
-    );
-    fail::fail_point!("tenant-after-cache");
+    rotated.append(&mut rotated_cache);
     let mut vault_detached = false;
     let secrets = outcome(
         status::SECRETS_READY,
@@ -454,22 +458,29 @@ async fn apply_kubernetes(
     if adopting || stale_mark {
         release_adoption_mark(tenant, names, ctx).await?;
     }
-    // Before anything here needs a Secret (the workload Role grants one).
-    secret_access::grant(tenant, names, ctx).await?;
-    apply_one(ctx, &s.quotas, &children::resource_quota(tenant, names)).await?;
-    apply_one(ctx, &s.limit_ranges, &children::limit_range(tenant, names)).await?;
+    let pending = secret_access::grant(tenant, names, ctx).await?;
+    // Independent objects, written together while the binding takes effect.
+    let quota = children::resource_quota(tenant, names);
+    let limits = children::limit_range(tenant, names);
+    let account = children::service_account(tenant, names);
     let policies = children::network_policies(tenant, names, &ctx.settings.backend_egress);
-    for policy in &policies {
-        apply_one(ctx, &s.network_policies, policy).await?;
-    }
     let keep: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
-    prune(ctx, &s.network_policies, names, &tenant_name, &keep).await?;
-    apply_one(
-        ctx,
-        &s.service_accounts,
-        &children::service_account(tenant, names),
-    )
-    .await?;
+    futures::try_join!(
+        apply_one(ctx, &s.quotas, &quota),
+        apply_one(ctx, &s.limit_ranges, &limits),
+        apply_one(ctx, &s.service_accounts, &account),
+        async {
+            futures::future::try_join_all(
+                policies
+                    .iter()
+                    .map(|policy| apply_one(ctx, &s.network_policies, policy)),
+            )
+            .await?;
+            prune(ctx, &s.network_policies, names, &tenant_name, &keep).await
+        },
+    )?;
+    // The workload Role grants a Secret: the operator must hold that access first.
+    secret_access::in_force(pending, names, ctx).await?;
     apply_one(ctx, &s.roles, &children::role(tenant, names)).await?;
     apply_one(
         ctx,

@@ -98,22 +98,34 @@ pub fn binding(tenant: &PartnerTenant, names: &TenantNames, access: &SecretAcces
     }))
 }
 
-/// Applies the binding; one just written is waited for until the API
-/// server's authorizer grants what it binds.
+/// A binding applied but perhaps not yet in force.
+#[must_use = "the grant must be awaited before the access it binds is used"]
+pub struct Pending {
+    written: bool,
+}
+
+/// Applies the binding. The API server's authorizer learns of a new one a
+/// moment later: [`in_force`] waits for that, so the writes that do not
+/// need the access go in between.
 pub async fn grant(
     tenant: &PartnerTenant,
     names: &TenantNames,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Pending, Error> {
     let desired = binding(tenant, names, &ctx.settings.secret_access);
-    let wrote = apply::apply_to_indexed(
+    let written = apply::apply_to_indexed(
         &ctx.client,
         &ctx.stores.role_bindings,
         &desired,
         &ctx.metrics,
     )
     .await?;
-    if wrote {
+    Ok(Pending { written })
+}
+
+/// Returns once the authorizer grants what a just-written binding binds.
+pub async fn in_force(pending: Pending, names: &TenantNames, ctx: &Context) -> Result<(), Error> {
+    if pending.written {
         until_effective(&ctx.client, &names.namespace).await?;
     }
     Ok(())
