@@ -4,9 +4,10 @@
 //! own write, nor for a status update (a ResourceQuota's usage, written by
 //! the quota controller), which leave the object's metadata — labels,
 //! annotations, owners, generation and other managers' fields — as it was.
-//! Deletions and (re)lists always wake.
+//! Deletions always wake; a relist wakes for what changed or went while
+//! the watch was down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -39,34 +40,90 @@ pub fn fingerprint(meta: &ObjectMeta) -> u64 {
 #[derive(Clone, Default)]
 pub struct Wake {
     pub own_writes: OwnWrites,
-    seen: Arc<Mutex<HashMap<(String, String), u64>>>,
+    state: Arc<Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Each object's fingerprint and the tenant it names.
+    objects: HashMap<(String, String), (u64, Option<String>)>,
+    /// During a relist: the objects it has shown so far.
+    relisted: Option<HashSet<(String, String)>>,
 }
 
 impl Wake {
-    /// The object whose tenant `event` should wake, if any.
-    pub fn wakes<K: Resource + Clone>(&self, event: &Event<K>) -> Option<K> {
-        let (object, always) = match event {
-            Event::Apply(object) => (object, false),
-            Event::InitApply(object) => (object, true),
+    /// The objects whose tenants `event` should wake. A relist (after a
+    /// restart of the API server, an expired watch) wakes only for objects
+    /// that changed or went while the watch was down: 10,000 tenants must
+    /// not all be reconciled because a connection dropped.
+    pub fn wakes<K: Resource + Clone + Default>(&self, event: &Event<K>) -> Vec<K> {
+        let mut seen = self.state.lock().expect("wake lock");
+        let object = match event {
+            Event::Init => {
+                seen.relisted = Some(HashSet::new());
+                return vec![];
+            }
+            Event::InitDone => {
+                let Some(relisted) = seen.relisted.take() else {
+                    return vec![];
+                };
+                let gone: Vec<_> = seen
+                    .objects
+                    .keys()
+                    .filter(|key| !relisted.contains(*key))
+                    .cloned()
+                    .collect();
+                return gone
+                    .into_iter()
+                    .filter_map(|key| {
+                        let (_, tenant) = seen.objects.remove(&key)?;
+                        tracing::debug!(object = ?key, "gone while the watch was down");
+                        Some(tombstone::<K>(key, tenant))
+                    })
+                    .collect();
+            }
             Event::Delete(object) => {
                 if let Some(key) = object_key(object.meta()) {
-                    self.seen.lock().expect("wake lock").remove(&key);
+                    seen.objects.remove(&key);
                 }
-                return Some(object.clone());
+                return vec![object.clone()];
             }
-            Event::Init | Event::InitDone => return None,
+            Event::Apply(object) | Event::InitApply(object) => object,
         };
-        let key = object_key(object.meta())?;
+        let Some(key) = object_key(object.meta()) else {
+            return vec![];
+        };
+        if let (Event::InitApply(_), Some(relisted)) = (event, seen.relisted.as_mut()) {
+            relisted.insert(key.clone());
+        }
         let print = fingerprint(object.meta());
-        let before = self.seen.lock().expect("wake lock").insert(key, print);
+        let tenant = crate::tenant::children::tenant_of(object);
+        let before = seen.objects.insert(key, (print, tenant)).map(|(p, _)| p);
         // Only a changed fingerprint may be an echo: an unrelated event
         // (a status update) must not use up the announcement.
-        let wakes = always || (before != Some(print) && !self.own_writes.is_echo(object));
+        let wakes = before != Some(print) && !self.own_writes.is_echo(object);
         if wakes {
-            tracing::debug!(object = ?object_key(object.meta()), relisted = always, "a change wakes the tenant");
+            tracing::debug!(object = ?object_key(object.meta()), "a change wakes the tenant");
+            vec![object.clone()]
+        } else {
+            vec![]
         }
-        wakes.then(|| object.clone())
     }
+}
+
+/// An object known only by its key and tenant, for the tenant's wake-up.
+fn tombstone<K: Resource + Default>(key: (String, String), tenant: Option<String>) -> K {
+    let mut object = K::default();
+    let meta = object.meta_mut();
+    meta.namespace = Some(key.0).filter(|ns| !ns.is_empty());
+    meta.name = Some(key.1);
+    meta.annotations = tenant.map(|t| {
+        std::collections::BTreeMap::from([(
+            crate::tenant::children::TENANT_ANNOTATION.to_string(),
+            t,
+        )])
+    });
+    object
 }
 
 #[cfg(test)]
@@ -88,34 +145,60 @@ mod tests {
         }
     }
 
+    fn woken(wake: &Wake, event: Event<ConfigMap>) -> bool {
+        !wake.wakes(&event).is_empty()
+    }
+
     #[test]
     fn a_status_update_and_an_own_write_do_not_wake_others_changes_do() {
         let wake = Wake::default();
+        assert!(woken(&wake, Event::Apply(cm("1", "a"))), "first sight");
         assert!(
-            wake.wakes(&Event::Apply(cm("1", "a"))).is_some(),
-            "first sight"
-        );
-        assert!(
-            wake.wakes(&Event::Apply(cm("2", "a"))).is_none(),
+            !woken(&wake, Event::Apply(cm("2", "a"))),
             "only the version moved: a status update"
         );
         wake.own_writes.announce(&cm("3", "b"));
+        assert!(!woken(&wake, Event::Apply(cm("3", "b"))), "own write");
         assert!(
-            wake.wakes(&Event::Apply(cm("3", "b"))).is_none(),
-            "own write"
-        );
-        assert!(
-            wake.wakes(&Event::Apply(cm("4", "c"))).is_some(),
+            woken(&wake, Event::Apply(cm("4", "c"))),
             "someone relabelled it"
         );
+        assert!(woken(&wake, Event::Delete(cm("4", "c"))), "deleted");
+        assert!(!woken(&wake, Event::InitDone));
+    }
+
+    #[test]
+    fn a_relist_wakes_only_for_what_changed_or_went_meanwhile() {
+        let wake = Wake::default();
+        let named = |name: &str, label: &str| {
+            let mut object = cm("1", label);
+            object.metadata.name = Some(name.into());
+            object.metadata.annotations.get_or_insert_default().insert(
+                crate::tenant::children::TENANT_ANNOTATION.into(),
+                format!("t-{name}"),
+            );
+            object
+        };
+        for name in ["kept", "edited", "deleted"] {
+            assert!(woken(&wake, Event::Apply(named(name, "a"))));
+        }
+        assert!(!woken(&wake, Event::Init));
         assert!(
-            wake.wakes(&Event::Delete(cm("4", "c"))).is_some(),
-            "deleted"
+            !woken(&wake, Event::InitApply(named("kept", "a"))),
+            "unchanged across the relist"
         );
         assert!(
-            wake.wakes(&Event::InitApply(cm("5", "c"))).is_some(),
-            "relisted"
+            woken(&wake, Event::InitApply(named("edited", "b"))),
+            "changed while the watch was down"
         );
-        assert!(wake.wakes(&Event::<ConfigMap>::InitDone).is_none());
+        let gone = wake.wakes(&Event::<ConfigMap>::InitDone);
+        assert_eq!(gone.len(), 1, "deleted while the watch was down");
+        assert_eq!(
+            crate::tenant::children::tenant_of(&gone[0]).as_deref(),
+            Some("t-deleted")
+        );
+        assert_eq!(gone[0].metadata.namespace.as_deref(), Some("ns"));
+        // Seen again after the relist: new to the cache, so it wakes.
+        assert!(woken(&wake, Event::Apply(named("deleted", "a"))));
     }
 }

@@ -44,7 +44,14 @@ pub struct ChildStreams {
 /// wake a tenant is decided on the metadata as served, before it is slimmed.
 fn reflect<K>(client: &kube::Client, selector: &str, key: KeyFn) -> (Indexed<K>, ChildStream<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Default
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, mut writer) = reflector::store::<Slim<K>>();
     let index = Index::new(key);
@@ -69,9 +76,9 @@ where
             }
             writer.apply_watcher_event(&crate::slim::event(&event));
             // The cache follows every event; only others' changes wake the tenant.
-            wake.wakes(&event)
+            futures::stream::iter(wake.wakes(&event).into_iter().map(Ok))
         })
-        .try_filter_map(|woken| std::future::ready(Ok(woken)))
+        .try_flatten()
         .boxed();
     (
         Indexed {
