@@ -108,7 +108,8 @@ pub struct RunArgs {
     )]
     pub copilot_image: String,
 
-    /// Seconds between drift checks of a Ready tenant's backends.
+    /// Seconds between drift checks of a Ready tenant's backends (stretched
+    /// so that all tenants' checks run at most five a second).
     #[arg(long, env = "PARTNERPLANE_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
 

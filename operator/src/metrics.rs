@@ -179,6 +179,11 @@ impl Metrics {
         }
     }
 
+    /// How many tenants have a recorded readiness (the operator's tenants).
+    pub fn tenant_count(&self) -> usize {
+        self.tenant_readiness.lock().expect("metrics lock").len()
+    }
+
     /// Records a tenant's readiness (`None` when it is gone).
     pub fn set_tenant_ready(&self, tenant: &str, ready: Option<bool>) {
         // Moves one tenant between the two counts: constant work per call,

@@ -248,7 +248,7 @@ pub async fn apply(
     match parts.iter().find(|p| !p.ready) {
         // Spread, so tenants created together do not all resync in the same second.
         None => Ok(Action::requeue(crate::context::jittered(
-            ctx.settings.resync,
+            crate::context::resync_interval(ctx.settings.resync, ctx.metrics.tenant_count()),
             &mut rand::rng(),
         ))),
         Some(p) => Err(Error::NotReady {
