@@ -211,8 +211,8 @@ const RESYNCS_PER_SECOND: f64 = 5.0;
 
 /// The resync interval for `tenants` tenants: the configured one, stretched
 /// so that checks stay within [`RESYNCS_PER_SECOND`]. Changes to the objects
-/// the operator keeps in Kubernetes are seen by its watches at once, so only
-/// drift inside the backends waits for a check.
+/// the operator watches are seen at once; drift inside the backends and a
+/// deleted credentials Secret (Secrets are not watched) wait for a check.
 pub fn resync_interval(configured: Duration, tenants: usize) -> Duration {
     configured.max(Duration::from_secs_f64(tenants as f64 / RESYNCS_PER_SECOND))
 }

@@ -49,7 +49,7 @@ pub fn has_tenant_owner(meta: &ObjectMeta) -> bool {
     meta.owner_references
         .iter()
         .flatten()
-        .any(|o| o.kind == "PartnerTenant" && o.api_version.starts_with(OURS.trim_end_matches('/')))
+        .any(|o| o.kind == "PartnerTenant" && o.api_version.starts_with(OURS))
 }
 
 impl<K> Slim<K> {

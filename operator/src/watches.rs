@@ -76,7 +76,14 @@ where
             }
             writer.apply_watcher_event(&crate::slim::event(&event));
             // The cache follows every event; only others' changes wake the tenant.
-            futures::stream::iter(wake.wakes(&event).into_iter().map(Ok))
+            let woken = wake.wakes(&event);
+            if let watcher::Event::InitDone = &event {
+                // Gone while the watch was down.
+                for object in &woken {
+                    confirmed.forget(&object.metadata);
+                }
+            }
+            futures::stream::iter(woken.into_iter().map(Ok))
         })
         .try_flatten()
         .boxed();

@@ -61,7 +61,9 @@ async fn reconcile(
     let started = Instant::now();
     let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
     let Some(tenant) = api.get_opt(&seen.name_any()).await? else {
-        // Gone since the event: nothing left to reconcile.
+        // Gone since the event (its finalizer removed by hand, say): nothing
+        // left to reconcile, and no longer one of the operator's tenants.
+        ctx.metrics.set_tenant_ready(&seen.name_any(), None);
         return Ok(Action::await_change());
     };
     let tenant = Arc::new(tenant);

@@ -465,7 +465,7 @@ async fn apply_kubernetes(
     let account = children::service_account(tenant, names);
     let policies = children::network_policies(tenant, names, &ctx.settings.backend_egress);
     let keep: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
-    futures::try_join!(
+    let written = futures::try_join!(
         apply_one(ctx, &s.quotas, &quota),
         apply_one(ctx, &s.limit_ranges, &limits),
         apply_one(ctx, &s.service_accounts, &account),
@@ -478,9 +478,12 @@ async fn apply_kubernetes(
             .await?;
             prune(ctx, &s.network_policies, names, &tenant_name, &keep).await
         },
-    )?;
-    // The workload Role grants a Secret: the operator must hold that access first.
+    );
+    // The workload Role grants a Secret: the operator must hold that access
+    // first. Awaited even when a write above failed: the next reconcile
+    // finds the binding written and would not wait for it.
     secret_access::in_force(pending, names, ctx).await?;
+    written?;
     apply_one(ctx, &s.roles, &children::role(tenant, names)).await?;
     apply_one(
         ctx,
