@@ -236,10 +236,15 @@ async fn values_not_yet_provisioned_can_be_corrected() -> anyhow::Result<()> {
             assert_eq!(refusal_code(&error), Some(422), "{error:#}");
             assert!(format!("{error:#}").contains(expected), "{error:#}");
         }
-        // Other fields still change.
+        // Other fields still change, the Dedicated Redis's persistence too
+        // while status.redis records no Redis of the tenant's own.
         let mut retitled = fixed;
         retitled["displayName"] = json!("Renamed Tenant");
-        apply(&client, &manifest(&name, retitled), None, false).await?;
+        for persistence in [json!({"enabled": true, "size": "1Gi"}), json!({"enabled": true, "size": "2Gi"})] {
+            retitled["redis"] = json!({"mode": "Dedicated", "memory": "256Mi", "persistence": persistence});
+            let object = apply(&client, &manifest(&name, retitled.clone()), None, false).await?;
+            assert_eq!(object.data["spec"]["redis"]["persistence"], persistence);
+        }
 
         // Spelling out the namespace the operator derived is no change.
         let object = apply(

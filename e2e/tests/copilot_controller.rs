@@ -355,6 +355,32 @@ async fn the_example_copilot_becomes_ready_on_kwok_and_a_guardrail_change_rolls_
         Some(format!("http://{object}.{ns}.svc:8080").as_str())
     );
     assert!(status.available_replicas.unwrap_or(0) >= 1);
+    // Desired replicas follow the Deployment, whose replicas the example's
+    // autoscaler owns (it raises them to its minimum).
+    wait_until(
+        "desiredReplicas to follow the Deployment",
+        READY_WITHIN,
+        || {
+            let copilots: Api<CopilotDeployment> = Api::namespaced(client.clone(), &ns);
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            let (name, object) = (name.clone(), format!("copilot-{name}"));
+            async move {
+                let desired = copilots
+                    .get(&name)
+                    .await?
+                    .status
+                    .and_then(|s| s.desired_replicas);
+                let asked = deployments
+                    .get(&object)
+                    .await?
+                    .spec
+                    .and_then(|s| s.replicas);
+                anyhow::ensure!(desired.is_some(), "no desiredReplicas");
+                Ok((desired == asked).then_some(()))
+            }
+        },
+    )
+    .await?;
     let index_table = status.index_table.clone().unwrap();
     assert!(index_table.contains("_knowledge"), "{index_table}");
     let verdict = kstatus(&serde_json::to_value(&ready)?).await?;
@@ -452,6 +478,7 @@ async fn the_example_copilot_becomes_ready_on_kwok_and_a_guardrail_change_rolls_
         "READY",
         "REASON",
         "ROLE",
+        "DESIRED",
         "AVAILABLE",
         "INDEX",
         name.as_str(),
@@ -564,14 +591,17 @@ async fn the_index_has_the_declared_parameters_and_serves_nearest_neighbour_quer
             "INSERT INTO \"{k}\" (source, document, chunk, content, embedding) \
              SELECT (ARRAY['contracts', 'tickets', 'hr_files'])[1 + i % 3], 'doc-' || i, 0, 'chunk ' || i, \
                     ARRAY[random(), random(), random()]::vector \
-             FROM generate_series(1, 300) i",
+             FROM generate_series(1, 3000) i; \
+             ANALYZE \"{k}\"",
             k = names.knowledge
         ))
         .await?;
+    // The planner's own choice (nothing disabled), through the retrieval
+    // function the server calls: Postgres inlines it, so its plan shows.
     let plan: Vec<String> = session
         .simple_query(&format!(
-            "SET enable_seqscan = off; EXPLAIN SELECT id FROM \"{}\" ORDER BY embedding <-> '[0.5,0.5,0.5]' LIMIT 5",
-            names.knowledge
+            "EXPLAIN SELECT id FROM \"{}\"('[0.5,0.5,0.5]'::vector, 10)",
+            names.retrieve
         ))
         .await?
         .into_iter()
@@ -678,6 +708,9 @@ async fn the_index_has_the_declared_parameters_and_serves_nearest_neighbour_quer
         ready.message
     );
     assert_eq!(condition(&stalled, "IndexReady").unwrap().status, "False");
+    // Flux and cli-utils tools stop waiting on it: kstatus reads it as Failed.
+    let verdict = kstatus(&serde_json::to_value(&stalled)?).await?;
+    assert_eq!(verdict.status, "Failed", "{}", verdict.message);
     wait_event(
         &client,
         "kb",

@@ -4,8 +4,9 @@
 //! e2e/shipping/argocd_health.py and lupa), and Flux and other cli-utils
 //! tools through kstatus (the Go library, e2e/kstatus). Both agree on every
 //! object: Progressing is InProgress, Degraded is Failed, Healthy is
-//! Current. kstatus has no suspended state: a suspended tenant is Current
-//! when it was Ready before, InProgress when it never was (Ready=False);
+//! Current. kstatus has no suspended state: a suspended tenant is Current,
+//! whether it was Ready before (Ready stays True) or never was (it then has
+//! no Ready condition, which kstatus would read as InProgress forever);
 //! Argo CD shows both as Suspended. The Flux example's health checks name
 //! objects that exist in examples/gitops.
 
@@ -305,7 +306,7 @@ async fn argocd_and_kstatus_agree_on_real_objects_in_every_state() -> anyhow::Re
                     None,
                     &suspended_new,
                     "Suspended",
-                    "InProgress",
+                    "Current",
                 ),
                 case(
                     "PartnerTenant with no controller",

@@ -294,14 +294,44 @@ async fn killed_after(
         Ok(step_done(testbed, client, step, &name).await?.then_some(()))
     })
     .await;
+    // Held at the fail point, the tenant cannot be Ready yet (a build
+    // without fail points refuses FAILPOINTS at start, see main.rs).
+    let held = Api::<PartnerTenant>::all(client.clone()).get(&name).await?;
+    let ready_at_kill = held
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     operator.kill().await?;
     // The restarted operator also runs the tenant's cleanup at the end.
     let _restarted = Operator::start(testbed, &shard, &[]).await?;
     let result = async {
         reached?;
+        anyhow::ensure!(
+            !ready_at_kill,
+            "{name} was Ready before the kill after {step}"
+        );
         let tenant = wait_condition(client, &name, "Ready", "True", DEADLINE).await?;
-        let ns = tenant.status.unwrap().namespace.unwrap();
+        let status = tenant.status.unwrap();
+        let ns = status.namespace.unwrap();
         let creds = credentials(client, &ns).await?;
+        // Both stores hold the same credentials: the OpenBao copy logs in too.
+        let vault = status
+            .vault
+            .context("status.vault of a store=Both tenant")?;
+        let stored: std::collections::HashMap<String, String> = vaultrs::kv2::read(
+            &testbed.bao_admin()?,
+            &vault.mount,
+            &format!("{}/credentials", vault.path),
+        )
+        .await?;
+        for key in ["PGUSER", "PGPASSWORD", "REDIS_USER", "REDIS_PASSWORD"] {
+            assert_eq!(
+                stored.get(key),
+                creds.get(key),
+                "killed after {step}: {key} differs between OpenBao and the Secret"
+            );
+        }
         pg_connect_as(testbed, &creds["PGUSER"], &creds["PGPASSWORD"])
             .await
             .with_context(|| format!("killed after {step}: Postgres login"))?;

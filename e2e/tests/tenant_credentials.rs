@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use partnerplane::api::tenant::VaultStatus;
 use partnerplane_e2e::events::{events_about, wait_event};
-use partnerplane_e2e::tenants::{credentials, delete_tenants, pg_connect_as};
+use partnerplane_e2e::tenants::{credentials, delete_tenants, pg_connect_as, redis_admin};
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
 use serde_json::json;
 
@@ -75,12 +75,20 @@ async fn an_edited_or_lost_store_ends_with_credentials_that_log_in_and_an_event(
     let testbed = Testbed::load()?;
     let client = testbed.kube_admin().await?;
     // Vault/OpenBao has no watch: a short resync notices an edit there.
-    let operator =
-        Operator::start(&testbed, &unique_name("creds"), &["--resync-seconds", "2"]).await?;
-    let name = format!("{}-t", operator.shard);
-    let lost = format!("{}-lost", operator.shard);
+    let shard = unique_name("creds");
+    let args = ["--resync-seconds", "2"];
+    // Kept outside the scenario (which restarts it) so that it outlives it
+    // and deletes the tenants at the end.
+    let mut operator = Some(Operator::start(&testbed, &shard, &args).await?);
+    let running = operator.as_ref().unwrap();
+    let name = format!("{shard}-t");
+    let lost = format!("{shard}-lost");
+    let lost_tenant = running.tenant(
+        &lost,
+        json!({"displayName": "Lost", "secrets": {"store": "KubernetesSecret"}}),
+    );
     let spec = json!({"displayName": "Rotation", "secrets": {"store": "Both"}});
-    apply(&client, &operator.tenant(&name, spec), None, false).await?;
+    apply(&client, &running.tenant(&name, spec), None, false).await?;
     let result = async {
         let tenant = wait_condition(&client, &name, "Ready", "True", DEADLINE).await?;
         let status = tenant.status.unwrap();
@@ -131,23 +139,49 @@ async fn an_edited_or_lost_store_ends_with_credentials_that_log_in_and_an_event(
         assert_eq!(code.as_deref(), Some("28P01"), "{old:#}");
 
         // A lost store: a tenant whose only store is its Secret loses it;
-        // new credentials are generated and set everywhere.
-        let spec = json!({"displayName": "Lost", "secrets": {"store": "KubernetesSecret"}});
-        apply(&client, &operator.tenant(&lost, spec), None, false).await?;
+        // new credentials are generated and set everywhere. It is lost while
+        // no operator runs, then again under a running one: the outcome
+        // cannot depend on what a process remembers.
+        apply(&client, &lost_tenant, None, false).await?;
         let tenant = wait_condition(&client, &lost, "Ready", "True", DEADLINE).await?;
         let lost_ns = tenant.status.unwrap().namespace.unwrap();
-        let before = credentials(&client, &lost_ns).await?;
-        Api::<Secret>::namespaced(client.clone(), &lost_ns)
-            .delete("partnerplane-credentials", &DeleteParams::default())
-            .await?;
-        let regenerated = wait_rotated(&testbed, &client, &lost_ns, None, &before).await?;
-        assert_ne!(regenerated["REDIS_PASSWORD"], before["REDIS_PASSWORD"]);
-        let note = wait_event(&client, &lost, "CredentialsRotated", DEADLINE).await?;
-        assert!(note.contains("Postgres role"), "{note}");
+        let mut before = credentials(&client, &lost_ns).await?;
+        for restart in [true, false] {
+            let secrets = Api::<Secret>::namespaced(client.clone(), &lost_ns);
+            if restart {
+                operator.take().unwrap().stop().await?;
+                secrets
+                    .delete("partnerplane-credentials", &DeleteParams::default())
+                    .await?;
+                operator = Some(Operator::start(&testbed, &shard, &args).await?);
+            } else {
+                secrets
+                    .delete("partnerplane-credentials", &DeleteParams::default())
+                    .await?;
+            }
+            let regenerated = wait_rotated(&testbed, &client, &lost_ns, None, &before).await?;
+            assert_ne!(regenerated["REDIS_PASSWORD"], before["REDIS_PASSWORD"]);
+            let note = wait_event(&client, &lost, "CredentialsRotated", DEADLINE).await?;
+            assert!(
+                note.contains("Postgres role") && note.contains("Redis ACL user"),
+                "{note}"
+            );
+            // The lost passwords log in nowhere: WRONGPASS from Redis.
+            let mut admin = redis_admin(&testbed).await?;
+            let refused = redis::cmd("AUTH")
+                .arg(&before["REDIS_USER"])
+                .arg(&before["REDIS_PASSWORD"])
+                .query_async::<()>(&mut admin)
+                .await
+                .expect_err("the lost Redis password still logs in");
+            assert_eq!(refused.code(), Some("WRONGPASS"), "{refused}");
+            before = regenerated;
+        }
         wait_condition(&client, &name, "Ready", "True", DEADLINE).await?;
         anyhow::Ok(())
     }
     .await;
-    delete_tenants(&client, &[name, lost]).await?;
-    result
+    // A failure is reported before the cleanup's own.
+    let deleted = delete_tenants(&client, &[name, lost]).await;
+    result.and(deleted)
 }

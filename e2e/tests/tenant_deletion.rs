@@ -223,6 +223,18 @@ async fn foreground_deletion_of_a_retained_tenant_keeps_credentials_and_dedicate
     let creds = credentials(&client, &ns).await?;
 
     let result = async {
+        // Nothing the tenant keeps names it as owner, so the garbage
+        // collector has no path to them, now or after the tenant is gone.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let owners = [
+            ("Secret partnerplane-credentials", secrets.get("partnerplane-credentials").await?.metadata),
+            ("Secret tenant-redis-password", secrets.get("tenant-redis-password").await?.metadata),
+            ("StatefulSet tenant-redis", Api::<StatefulSet>::namespaced(client.clone(), &ns).get("tenant-redis").await?.metadata),
+            ("Service tenant-redis", Api::<Service>::namespaced(client.clone(), &ns).get("tenant-redis").await?.metadata),
+        ];
+        for (what, metadata) in owners {
+            assert_eq!(metadata.owner_references.unwrap_or_default(), vec![], "{what}");
+        }
         Api::<PartnerTenant>::all(client.clone())
             .delete(&name, &DeleteParams::foreground())
             .await?;

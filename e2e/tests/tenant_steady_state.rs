@@ -1,16 +1,22 @@
 //! Steady state costs nothing: with tenants Ready and the operator resyncing,
-//! it sends no write to the API server and runs no DDL — counted by the API
-//! server's audit log and Postgres's statement log, not only by the operator.
+//! it sends no write to the API server, runs no DDL, changes no Redis ACL
+//! user and writes no stored credentials — counted by the API server's audit
+//! log, Postgres's statement log, Redis's command statistics and OpenBao's
+//! secret versions, not only by the operator.
 //! Among the tenants are specs the API server rewrites (quantities in
 //! non-canonical units), a Dedicated Redis, Open isolation and namespaces
 //! allowed in, so none of them may look like drift either.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
+use kube::api::Api;
+use partnerplane::api::PartnerTenant;
+
 use partnerplane_e2e::audit::{AuditLog, is_operator};
-use partnerplane_e2e::tenants::delete_tenants;
+use partnerplane_e2e::tenants::{delete_tenants, redis_admin};
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
 use serde_json::json;
 
@@ -24,7 +30,8 @@ fn other_specs() -> Vec<serde_json::Value> {
             "displayName": "Steady",
             // Stored by the API server as 1Gi, 2 and 1Ti.
             "quotas": {"memory": "1024Mi", "cpu": "2000m", "storage": "1024Gi"},
-            "redis": {"mode": "Dedicated", "memory": "256Mi"},
+            // Stored as written (0.25Gi); the operator sets maxmemory from its value.
+            "redis": {"mode": "Dedicated", "memory": "0.25Gi"},
             "network": {"isolation": "Open"},
         }),
         json!({
@@ -32,6 +39,46 @@ fn other_specs() -> Vec<serde_json::Value> {
             "network": {"allowFromNamespaces": ["kube-system", "monitoring"]},
         }),
     ]
+}
+
+/// Calls of each `ACL` subcommand the shared Redis has run, from `INFO
+/// commandstats` (MONITOR hides administrative commands such as ACL). The
+/// count is server-wide: it holds only while this suite runs alone, as
+/// `cargo test` runs one test binary at a time.
+async fn acl_calls(testbed: &Testbed) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut admin = redis_admin(testbed).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_acl|"))
+        .filter_map(|l| {
+            let (subcommand, stats) = l.split_once(':')?;
+            let calls = stats.strip_prefix("calls=")?.split(',').next()?;
+            Some((subcommand.to_string(), calls.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The version of each stored credentials secret in OpenBao, by tenant.
+async fn credential_versions(
+    testbed: &Testbed,
+    client: &kube::Client,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let bao = testbed.bao_admin()?;
+    let mut versions = Vec::new();
+    for name in names {
+        let tenant = Api::<PartnerTenant>::all(client.clone()).get(name).await?;
+        if let Some(vault) = tenant.status.and_then(|s| s.vault) {
+            let path = format!("{}/credentials", vault.path);
+            let metadata = vaultrs::kv2::read_metadata(&bao, &vault.mount, &path).await?;
+            versions.push((name.clone(), metadata.current_version));
+        }
+    }
+    Ok(versions)
 }
 
 fn size(path: &Path) -> anyhow::Result<u64> {
@@ -98,6 +145,12 @@ async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()>
         )
         .await?;
 
+        let acl_before = acl_calls(&testbed).await?;
+        let stored = credential_versions(&testbed, &client, &names).await?;
+        assert!(
+            !stored.is_empty(),
+            "no tenant stores credentials in OpenBao"
+        );
         let audit = AuditLog::mark(&testbed)?;
         let pg_mark = size(&testbed.pg_log)?;
         let api_writes = operator.metric_sum("partnerplane_api_writes_total").await?;
@@ -138,6 +191,25 @@ async fn an_idle_operator_writes_nothing_through_resyncs() -> anyhow::Result<()>
             .map(str::to_string)
             .collect();
         assert!(ddl.is_empty(), "DDL during resync:\n{}", ddl.join("\n"));
+        // The drift checks read every Shared tenant's user; none is written.
+        let acl_after = acl_calls(&testbed).await?;
+        let calls = |stats: &BTreeMap<String, u64>, sub: &str| stats.get(sub).copied().unwrap_or(0);
+        assert!(
+            calls(&acl_after, "getuser") > calls(&acl_before, "getuser"),
+            "no ACL GETUSER during resync: {acl_before:?} → {acl_after:?}"
+        );
+        for write in ["setuser", "deluser", "save", "load"] {
+            assert_eq!(
+                calls(&acl_after, write),
+                calls(&acl_before, write),
+                "ACL {write} during resync"
+            );
+        }
+        assert_eq!(
+            credential_versions(&testbed, &client, &names).await?,
+            stored,
+            "credentials written to OpenBao during resync"
+        );
         anyhow::Ok(())
     }
     .await;

@@ -110,23 +110,20 @@ pub fn roll_up(
 /// The conditions of a suspended object: settled, so that kstatus reads it as
 /// `Current` once `observedGeneration` matches, with `Suspended=True` saying
 /// why nothing moves. Part conditions are kept as last observed; `Ready`
-/// stays `True` if it was, since suspending leaves provisioned state as is,
-/// and otherwise says the object was suspended before it was ready.
+/// stays `True` if it was, since suspending leaves provisioned state as is.
+/// An object suspended before it was ready has no `Ready` condition at all:
+/// kstatus reads `Ready=False` (or `Unknown`) as InProgress forever, so a
+/// Flux `wait` or an Argo CD sync wave would hang on it.
 pub fn suspended(existing: &[Condition], generation: Option<i64>) -> Vec<Condition> {
     const REASON: &str = "Suspended";
     let mut out = existing.to_vec();
-    if !conditions::is_true(&out, READY) {
-        conditions::upsert(
-            &mut out,
-            conditions::new(
-                READY,
-                false,
-                REASON,
-                "suspended before every part was provisioned",
-                generation,
-            ),
-        );
-    }
+    let message = if conditions::is_true(&out, READY) {
+        "spec.suspend is true: the operator leaves provisioned state as is"
+    } else {
+        out.retain(|c| c.type_ != READY);
+        "spec.suspend is true: the operator leaves provisioned state as is \
+         (suspended before every part was provisioned)"
+    };
     conditions::upsert(
         &mut out,
         conditions::new(RECONCILING, false, REASON, "", generation),
@@ -137,13 +134,7 @@ pub fn suspended(existing: &[Condition], generation: Option<i64>) -> Vec<Conditi
     );
     conditions::upsert(
         &mut out,
-        conditions::new(
-            SUSPENDED,
-            true,
-            REASON,
-            "spec.suspend is true: the operator leaves provisioned state as is",
-            generation,
-        ),
+        conditions::new(SUSPENDED, true, REASON, message, generation),
     );
     out
 }

@@ -22,6 +22,7 @@ use super::metric::Identifier;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
     printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.availableReplicas"}"#,
     printcolumn = r#"{"name":"Index","type":"string","jsonPath":".status.indexTable"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -367,6 +368,10 @@ pub struct CopilotDeploymentStatus {
     /// Audit table in the tenant schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_table: Option<String>,
+    /// Replicas the Deployment asks for: `spec.replicas`, or what the
+    /// HorizontalPodAutoscaler set when autoscaling is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
     /// Replicas ready to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_replicas: Option<i32>,

@@ -46,6 +46,18 @@ use serde::{Deserialize, Serialize};
     )
     .message("postgres.backend cannot change once the tenant's schema is provisioned there (status.postgres)")
     .field_path(".spec.postgres.backend")
+    .reason(Reason::FieldValueForbidden),
+    // Added, removed or changed alike: a StatefulSet's volume claims are
+    // immutable, so only a Dedicated Redis not yet provisioned may change.
+    validation = Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.redis) || !has(oldSelf.status.redis.service) || \
+         (has(self.spec.redis) && has(self.spec.redis.persistence) \
+           ? has(oldSelf.spec.redis) && has(oldSelf.spec.redis.persistence) && \
+             self.spec.redis.persistence == oldSelf.spec.redis.persistence \
+           : !has(oldSelf.spec.redis) || !has(oldSelf.spec.redis.persistence))"
+    )
+    .message("redis.persistence cannot change once the tenant's Dedicated Redis is provisioned (status.redis.service): the volume claims of a StatefulSet are immutable")
+    .field_path(".spec.redis.persistence")
     .reason(Reason::FieldValueForbidden)
 )]
 #[serde(rename_all = "camelCase")]
@@ -226,10 +238,10 @@ pub struct RedisSpec {
     pub memory: Option<Quantity>,
 
     /// Persistence of a Dedicated Redis. Without it the data lives in memory
-    /// only and is lost when the pod restarts. Fixed once set: a
-    /// StatefulSet's volume claims cannot change.
+    /// only and is lost when the pod restarts. Fixed once the Dedicated Redis
+    /// is provisioned (`status.redis.service`): a StatefulSet's volume claims
+    /// cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "redis.persistence cannot change once set: the volume claims of a StatefulSet are immutable", "reason": "FieldValueForbidden"}]))]
     pub persistence: Option<RedisPersistence>,
 }
 

@@ -119,8 +119,9 @@ pub async fn apply(copilot: Arc<CopilotDeployment>, ctx: &CopilotContext) -> Res
             )
             .map(|d| d.as_ref().clone()),
     };
-    let (available_part, available) =
-        cstatus::availability(deployment.as_ref(), objects::min_replicas(&copilot));
+    let wanted = objects::min_replicas(&copilot);
+    let (available_part, available) = cstatus::availability(deployment.as_ref(), wanted);
+    let desired_replicas = cstatus::desired_replicas(deployment.as_ref(), wanted);
     let waiting_for_pods = !available_part.ready;
     let parts = [index_part, key_part.clone(), available_part];
     let conditions = rollup::roll_up(&previous.conditions, &parts, generation, READY_MESSAGE);
@@ -133,6 +134,7 @@ pub async fn apply(copilot: Arc<CopilotDeployment>, ctx: &CopilotContext) -> Res
         )),
         index_table: Some(desired.knowledge_table()),
         audit_table: Some(desired.audit_table()),
+        desired_replicas: Some(desired_replicas),
         available_replicas: Some(available),
     };
     publish_transitions(

@@ -15,6 +15,14 @@ pub const AVAILABLE: &str = "Available";
 /// Message of `Ready` when every part is.
 pub const READY_MESSAGE: &str = "the copilot is serving from its index with its model key";
 
+/// Replicas the Deployment asks for (the autoscaler may have changed them);
+/// what the spec asks for while there is no Deployment.
+pub fn desired_replicas(deployment: Option<&Deployment>, wanted: i32) -> i32 {
+    deployment
+        .and_then(|d| d.spec.as_ref()?.replicas)
+        .unwrap_or(wanted)
+}
+
 /// `Available` from the Deployment the watch cache holds (`None`: not made yet).
 pub fn availability(deployment: Option<&Deployment>, wanted: i32) -> (PartOutcome, i32) {
     let Some(deployment) = deployment else {
@@ -91,6 +99,17 @@ mod tests {
             ..Default::default()
         });
         d
+    }
+
+    #[test]
+    fn desired_replicas_are_the_deployments_once_it_exists() {
+        assert_eq!(desired_replicas(None, 2), 2);
+        let mut d = deployment(1, 3, 3);
+        d.spec = Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(desired_replicas(Some(&d), 2), 3, "the autoscaler's choice");
     }
 
     #[test]
