@@ -95,6 +95,15 @@ async fn apply_during_outage(
         let tenant = wait_parts(client, name, &parts, outage.reason).await?;
         let message = condition(&tenant, outage.failing).unwrap().message;
         assert!(message.contains(outage.message), "{message}");
+        // The category reaches alerts and `kubectl describe` unchanged.
+        let series = format!(
+            "partnerplane_reconcile_errors_total{{controller=\"partnertenant\",reason=\"{}\"}}",
+            outage.reason
+        );
+        let failures = operator.metric_sum(&series).await?;
+        assert!(failures >= 1.0, "{series} is {failures}");
+        let event = wait_event(client, name, outage.reason, DEADLINE).await?;
+        assert!(event.contains(outage.message), "{event}");
         anyhow::Ok(())
     }
     .await;
