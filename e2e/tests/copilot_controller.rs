@@ -446,10 +446,43 @@ async fn the_example_copilot_becomes_ready_on_kwok_and_a_guardrail_change_rolls_
         policy["ingress"].to_string().contains("ingress-nginx"),
         "{policy}"
     );
-    assert!(
-        policy["egress"].to_string().contains("kube-dns"),
-        "{policy}"
-    );
+    // Egress: every rule names its destinations (none is open to all);
+    // DNS goes to the cluster DNS only; the public model endpoint is
+    // reached on its port and never through private ranges; Postgres on
+    // its one address.
+    let egress = policy["egress"].as_array().cloned().unwrap_or_default();
+    for rule in &egress {
+        let to = rule["to"].as_array().cloned().unwrap_or_default();
+        assert!(!to.is_empty(), "a rule open to every destination: {rule}");
+        let ports: Vec<i64> = rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_i64())
+            .collect();
+        if ports.contains(&53) {
+            assert!(
+                rule.to_string().contains("kube-dns") && to.len() == 1,
+                "{rule}"
+            );
+        }
+        for block in to.iter().filter_map(|t| t.get("ipBlock")) {
+            if matches!(block["cidr"].as_str(), Some("0.0.0.0/0" | "::/0")) {
+                assert_eq!(ports, [443], "the model endpoint's port only: {rule}");
+                assert!(
+                    block["except"].as_array().is_some_and(|e| !e.is_empty()),
+                    "{rule}"
+                );
+            }
+        }
+    }
+    let pg: tokio_postgres::Config = testbed.pg_admin_dsn.parse()?;
+    let Some(tokio_postgres::config::Host::Tcp(pg_host)) = pg.get_hosts().first() else {
+        anyhow::bail!("the test bed's Postgres has no TCP host");
+    };
+    let pg_rule = json!({"to": [{"ipBlock": {"cidr": format!("{pg_host}/32")}}],
+                         "ports": [{"protocol": "TCP", "port": pg.get_ports()[0]}]});
+    assert!(egress.contains(&pg_rule), "no {pg_rule} in {egress:#?}");
 
     // The configuration the server reads.
     let (cm, config) = server_config(&client, &ns, &object).await?;

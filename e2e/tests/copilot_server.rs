@@ -718,10 +718,12 @@ async fn scenario(
     assert_eq!(got, expected);
     for row in &rows {
         let (prompt, response): (String, String) = (row.get(2), row.get(3));
-        assert!(
-            !prompt.contains(KEY) && !response.contains(KEY),
-            "{prompt} / {response}"
-        );
+        for secret in [KEY, creds["PGPASSWORD"].as_str()] {
+            assert!(
+                !prompt.contains(secret) && !response.contains(secret),
+                "a secret in the audit table: {prompt} / {response}"
+            );
+        }
         assert_eq!(row.get::<_, String>(6), model_standin::MODEL);
     }
     let answered = &rows[5];

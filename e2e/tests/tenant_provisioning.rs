@@ -64,9 +64,45 @@ async fn check_provisioned(
     Api::<LimitRange>::namespaced(client.clone(), &ns)
         .get("tenant-limits")
         .await?;
-    Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
-        .get("default-deny")
-        .await?;
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+    // Default deny covers both directions and allows nothing (the API
+    // server stores the empty rule lists as absent).
+    let deny = serde_json::to_value(policies.get("default-deny").await?.spec)?;
+    assert_eq!(deny["policyTypes"], json!(["Ingress", "Egress"]), "{deny}");
+    for direction in ["ingress", "egress"] {
+        assert!(
+            matches!(&deny[direction], Value::Null) || deny[direction] == json!([]),
+            "{deny}"
+        );
+    }
+    // Every allowed egress names its destinations; DNS goes to the cluster
+    // DNS pods only; backends are single addresses on their ports.
+    let allowed = serde_json::to_value(policies.get("allow-tenant-traffic").await?.spec)?;
+    let egress = allowed["egress"].as_array().cloned().unwrap_or_default();
+    assert!(egress.len() >= 3, "{allowed}");
+    for rule in &egress {
+        let to = rule["to"].as_array().cloned().unwrap_or_default();
+        assert!(!to.is_empty(), "a rule open to every destination: {rule}");
+        let dns = rule["ports"]
+            .as_array()
+            .is_some_and(|ports| ports.iter().any(|p| p["port"] == 53));
+        if dns {
+            assert_eq!(to.len(), 1, "{rule}");
+            assert_eq!(
+                to[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                "kube-system",
+                "{rule}"
+            );
+            assert!(
+                to[0]["podSelector"]["matchLabels"].is_object(),
+                "DNS to any pod of kube-system: {rule}"
+            );
+        }
+        for block in to.iter().filter_map(|t| t.get("ipBlock")) {
+            let cidr = block["cidr"].as_str().unwrap_or_default();
+            assert!(cidr.ends_with("/32") || cidr.ends_with("/128"), "{rule}");
+        }
+    }
     Api::<ServiceAccount>::namespaced(client.clone(), &ns)
         .get("tenant-workload")
         .await?;
