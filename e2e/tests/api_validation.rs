@@ -245,6 +245,20 @@ async fn values_not_yet_provisioned_can_be_corrected() -> anyhow::Result<()> {
             let object = apply(&client, &manifest(&name, retitled.clone()), None, false).await?;
             assert_eq!(object.data["spec"]["redis"]["persistence"], persistence);
         }
+        // Once the Dedicated Redis is recorded it keeps its persistence,
+        // unless the tenant gives it up for Shared mode.
+        let object = apply(&client, &manifest(&name, retitled.clone()), None, false).await?;
+        let mut status = object.data["status"].clone();
+        status["redis"] = json!({"mode": "Dedicated", "service": "tenant-redis"});
+        write_status(&client, &object, &status).await?;
+        let mut resized = retitled.clone();
+        resized["redis"]["persistence"]["size"] = json!("5Gi");
+        let error = apply(&client, &manifest(&name, resized), None, false)
+            .await
+            .expect_err("a provisioned Redis's persistence cannot change");
+        assert!(format!("{error:#}").contains("spec.redis.persistence: Forbidden"), "{error:#}");
+        retitled["redis"] = json!({"mode": "Shared"});
+        apply(&client, &manifest(&name, retitled.clone()), None, false).await?;
 
         // Spelling out the namespace the operator derived is no change.
         let object = apply(

@@ -5,8 +5,8 @@
 //! tools through kstatus (the Go library, e2e/kstatus). Both agree on every
 //! object: Progressing is InProgress, Degraded is Failed, Healthy is
 //! Current. kstatus has no suspended state: a suspended tenant is Current,
-//! whether it was Ready before (Ready stays True) or never was (it then has
-//! no Ready condition, which kstatus would read as InProgress forever);
+//! whether it was Ready (Ready stays True) or not (it then has no Ready
+//! condition, which kstatus would read as InProgress forever);
 //! Argo CD shows both as Suspended. The Flux example's health checks name
 //! objects that exist in examples/gitops.
 
@@ -242,6 +242,10 @@ async fn argocd_and_kstatus_agree_on_real_objects_in_every_state() -> anyhow::Re
 
         apply(&client, &pipeline("ready", &tenant_ns, &shard), None, false).await?;
         apply(&client, &pipeline("stalled", &foreign, &shard), None, false).await?;
+        // Suspended with no tenant to wait for: settled all the same.
+        let mut suspended_pipeline = pipeline("suspended", &foreign, &shard);
+        suspended_pipeline["spec"]["suspend"] = json!(true);
+        apply(&client, &suspended_pipeline, None, false).await?;
         apply(
             &client,
             &pipeline("waiting", &foreign, &unserved),
@@ -256,6 +260,10 @@ async fn argocd_and_kstatus_agree_on_real_objects_in_every_state() -> anyhow::Re
         .await?;
         wait_pipeline(&client, &foreign, "stalled", "Stalled", DEADLINE, |p| {
             is(p, "Stalled", "True")
+        })
+        .await?;
+        wait_pipeline(&client, &foreign, "suspended", "Suspended", DEADLINE, |p| {
+            is(p, "Suspended", "True")
         })
         .await?;
 
@@ -333,6 +341,14 @@ async fn argocd_and_kstatus_agree_on_real_objects_in_every_state() -> anyhow::Re
                     "Failed",
                 ),
                 case(
+                    "MetricPipeline suspended with no tenant",
+                    &pipelines,
+                    Some(&foreign),
+                    "suspended",
+                    "Suspended",
+                    "Current",
+                ),
+                case(
                     "MetricPipeline with no controller",
                     &pipelines,
                     Some(&foreign),
@@ -408,16 +424,28 @@ async fn argocd_and_kstatus_agree_on_real_objects_in_every_state() -> anyhow::Re
     .await;
 
     // Objects with finalizers first, while an operator runs to release
-    // them: the stalled pipeline, then the tenants (a `Delete` tenant takes
+    // them: the stalled and suspended pipelines, then the tenants (a `Delete` tenant takes
     // its namespace and the pipeline in it); then the rest with the namespace.
     let foreign_pipelines: Api<MetricPipeline> = Api::namespaced(client.clone(), &foreign);
-    let _ = foreign_pipelines
-        .delete("stalled", &DeleteParams::default())
-        .await;
-    let pipeline_gone = wait_until("pipeline stalled to be deleted", DEADLINE, || {
-        let api = foreign_pipelines.clone();
-        async move { Ok(api.get_opt("stalled").await?.is_none().then_some(())) }
-    })
+    for name in ["stalled", "suspended"] {
+        let _ = foreign_pipelines
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+    let pipeline_gone = wait_until(
+        "pipelines stalled and suspended to be deleted",
+        DEADLINE,
+        || {
+            let api = foreign_pipelines.clone();
+            async move {
+                let left = (
+                    api.get_opt("stalled").await?,
+                    api.get_opt("suspended").await?,
+                );
+                Ok(matches!(left, (None, None)).then_some(()))
+            }
+        },
+    )
     .await;
     let deleted = delete_tenants(
         &client,

@@ -161,11 +161,15 @@ async fn an_edited_or_lost_store_ends_with_credentials_that_log_in_and_an_event(
             }
             let regenerated = wait_rotated(&testbed, &client, &lost_ns, None, &before).await?;
             assert_ne!(regenerated["REDIS_PASSWORD"], before["REDIS_PASSWORD"]);
-            let note = wait_event(&client, &lost, "CredentialsRotated", DEADLINE).await?;
-            assert!(
-                note.contains("Postgres role") && note.contains("Redis ACL user"),
-                "{note}"
-            );
+            if restart {
+                // The first rotation of this tenant (a second one may be
+                // folded into the same Event series).
+                let note = wait_event(&client, &lost, "CredentialsRotated", DEADLINE).await?;
+                assert!(
+                    note.contains("Postgres role") && note.contains("Redis ACL user"),
+                    "{note}"
+                );
+            }
             // The lost passwords log in nowhere: WRONGPASS from Redis.
             let mut admin = redis_admin(&testbed).await?;
             let refused = redis::cmd("AUTH")

@@ -100,8 +100,12 @@ async fn apply_during_outage(
             "partnerplane_reconcile_errors_total{{controller=\"partnertenant\",reason=\"{}\"}}",
             outage.reason
         );
-        let failures = operator.metric_sum(&series).await?;
-        assert!(failures >= 1.0, "{series} is {failures}");
+        // Counted once the reconcile returns, after its status write.
+        wait_until(&format!("{series} to count"), DEADLINE, || {
+            let series = &series;
+            async move { Ok((operator.metric_sum(series).await? >= 1.0).then_some(())) }
+        })
+        .await?;
         let event = wait_event(client, name, outage.reason, DEADLINE).await?;
         assert!(event.contains(outage.message), "{event}");
         anyhow::Ok(())

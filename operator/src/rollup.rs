@@ -111,9 +111,10 @@ pub fn roll_up(
 /// `Current` once `observedGeneration` matches, with `Suspended=True` saying
 /// why nothing moves. Part conditions are kept as last observed; `Ready`
 /// stays `True` if it was, since suspending leaves provisioned state as is.
-/// An object suspended before it was ready has no `Ready` condition at all:
-/// kstatus reads `Ready=False` (or `Unknown`) as InProgress forever, so a
-/// Flux `wait` or an Argo CD sync wave would hang on it.
+/// An object suspended while not ready has no `Ready` condition: kstatus
+/// reads `Ready=False` (or `Unknown`) as InProgress, and nothing moves while
+/// suspended, so a Flux `wait` or an Argo CD sync wave would hang on it; the
+/// part conditions still say what is missing.
 pub fn suspended(existing: &[Condition], generation: Option<i64>) -> Vec<Condition> {
     const REASON: &str = "Suspended";
     let mut out = existing.to_vec();
@@ -122,7 +123,7 @@ pub fn suspended(existing: &[Condition], generation: Option<i64>) -> Vec<Conditi
     } else {
         out.retain(|c| c.type_ != READY);
         "spec.suspend is true: the operator leaves provisioned state as is \
-         (suspended before every part was provisioned)"
+         (suspended while not every part is provisioned)"
     };
     conditions::upsert(
         &mut out,

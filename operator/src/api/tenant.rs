@@ -48,9 +48,11 @@ use serde::{Deserialize, Serialize};
     .field_path(".spec.postgres.backend")
     .reason(Reason::FieldValueForbidden),
     // Added, removed or changed alike: a StatefulSet's volume claims are
-    // immutable, so only a Dedicated Redis not yet provisioned may change.
+    // immutable, so only a Dedicated Redis not yet provisioned may change
+    // (or one being given up for Shared mode).
     validation = Rule::new(
         "!has(oldSelf.status) || !has(oldSelf.status.redis) || !has(oldSelf.status.redis.service) || \
+         self.spec.redis.mode != 'Dedicated' || \
          (has(self.spec.redis) && has(self.spec.redis.persistence) \
            ? has(oldSelf.spec.redis) && has(oldSelf.spec.redis.persistence) && \
              self.spec.redis.persistence == oldSelf.spec.redis.persistence \
@@ -238,9 +240,10 @@ pub struct RedisSpec {
     pub memory: Option<Quantity>,
 
     /// Persistence of a Dedicated Redis. Without it the data lives in memory
-    /// only and is lost when the pod restarts. Fixed once the Dedicated Redis
-    /// is provisioned (`status.redis.service`): a StatefulSet's volume claims
-    /// cannot change.
+    /// only and is lost when the pod restarts. Fixed once the operator has
+    /// recorded the Dedicated Redis in `status.redis.service` (a
+    /// StatefulSet's volume claims cannot change), unless the mode changes
+    /// to Shared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<RedisPersistence>,
 }

@@ -45,6 +45,17 @@ const TENANT_WAIT: Duration = Duration::from_secs(15);
 /// Converges the pipeline toward its spec and refreshes it when due.
 pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Result<Action, Error> {
     let previous = pipeline.status.clone().unwrap_or_default();
+    // Suspended is settled whatever the tenant's state: a pipeline waiting
+    // on its tenant would otherwise read as InProgress forever.
+    if pipeline.spec.suspend {
+        let status = MetricPipelineStatus {
+            observed_generation: pipeline.metadata.generation,
+            conditions: rollup::suspended(&previous.conditions, pipeline.metadata.generation),
+            ..previous.clone()
+        };
+        write_status(&pipeline, &previous, status, ctx).await?;
+        return Ok(Action::await_change());
+    }
     record_intent(&pipeline, &previous, ctx).await?;
     let db = match owner_of(&pipeline, ctx, false).await? {
         Owner::Tenant(db) => db,
@@ -57,15 +68,6 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
     };
     if let Err(invalid) = sql::check(&pipeline.spec) {
         return settle(&pipeline, ctx, Error::Sql(invalid)).await;
-    }
-    if pipeline.spec.suspend {
-        let status = MetricPipelineStatus {
-            observed_generation: pipeline.metadata.generation,
-            conditions: rollup::suspended(&previous.conditions, pipeline.metadata.generation),
-            ..previous.clone()
-        };
-        write_status(&pipeline, &previous, status, ctx).await?;
-        return Ok(Action::await_change());
     }
     let interval = schedule::parse_interval(&pipeline.spec.refresh_interval)
         .unwrap_or(Duration::from_secs(300));

@@ -229,7 +229,7 @@ mod tests {
             conditions::find(&c, SUSPENDED)
                 .unwrap()
                 .message
-                .contains("before every part was provisioned")
+                .contains("while not every part is provisioned")
         );
         assert!(!conditions::is_true(&c, RECONCILING));
         assert!(!conditions::is_true(&c, STALLED));
