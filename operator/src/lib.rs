@@ -28,5 +28,6 @@ pub mod telemetry;
 pub mod tenant;
 pub mod verified;
 pub mod wake;
+pub mod watch_backoff;
 pub mod watches;
 pub mod workflows;

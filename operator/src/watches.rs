@@ -63,7 +63,7 @@ where
     let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
     let config = watcher::Config::default().labels(selector).any_semantic();
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .map_ok(move |event| {
             // Drift shows as a new resourceVersion (the full read carries
             // every managedFields entry); other managers' entries on the
@@ -107,6 +107,17 @@ pub fn drop_bookkeeping(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// Tenants' changes, as the pipeline and copilot controllers follow them to
+/// wake the objects in a tenant's namespace; retried as every other watch.
+pub fn tenant_changes(
+    tenants: Api<crate::api::PartnerTenant>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<crate::api::PartnerTenant, watcher::Error>> + Send {
+    watcher(tenants, config)
+        .backoff(crate::watch_backoff::WatchBackoff::default())
+        .touched_objects()
 }
 
 /// Namespaces are filed under the tenant they record (to find one kept from

@@ -144,7 +144,7 @@ pub async fn run(
     }
     let stream = watcher(pipelines, config.clone())
         .modify(|pipeline| crate::watches::drop_bookkeeping(&mut pipeline.metadata))
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default());
@@ -153,18 +153,22 @@ pub async fn run(
     let in_namespace = reader.clone();
     let tenants: Api<PartnerTenant> = Api::all(ctx.shared.client.clone());
     Controller::for_stream(stream, reader)
+        .trigger_backoff(crate::watch_backoff::Immediate)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         // Tenants of the shard only: a shard's pipelines and copilots live
         // in namespaces of tenants that carry the same labels.
-        .watches(tenants, config, move |tenant: PartnerTenant| {
-            let namespace = tenant.status.and_then(|s| s.namespace);
-            in_namespace
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == namespace)
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .watches_stream(
+            crate::watches::tenant_changes(tenants, config),
+            move |tenant: PartnerTenant| {
+                let namespace = tenant.status.and_then(|s| s.namespace);
+                in_namespace
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.namespace() == namespace)
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {

@@ -164,11 +164,12 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let tenant_stream = watcher(tenants, tenant_watch)
         .modify(|tenant| crate::watches::drop_bookkeeping(&mut tenant.metadata))
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default());
     Controller::for_stream(tenant_stream, reader)
+        .trigger_backoff(crate::watch_backoff::Immediate)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .watches_stream(namespaces, owner)
         .watches_stream(quotas, owner)

@@ -87,7 +87,7 @@ where
                 crate::apply::keep_foreign_entries(&mut object.meta_mut().managed_fields)
             })
         })
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)
         .touched_objects()
         .boxed();
@@ -109,7 +109,7 @@ pub fn watches(client: &kube::Client) -> (CopilotStores, CopilotStreams) {
         Api::<MetricPipeline>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(crate::watch_backoff::WatchBackoff::default())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(

@@ -156,7 +156,7 @@ pub async fn run(
     }
     let stream = watcher(copilots, config.clone())
         .modify(|copilot| crate::watches::drop_bookkeeping(&mut copilot.metadata))
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default());
@@ -186,12 +186,14 @@ pub async fn run(
     let by_pipeline = in_namespace(reader.clone());
     let tenants: Api<PartnerTenant> = Api::all(client);
     Controller::for_stream(stream, reader)
+        .trigger_backoff(crate::watch_backoff::Immediate)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         // Tenants of the shard only: a shard's pipelines and copilots live
         // in namespaces of tenants that carry the same labels.
-        .watches(tenants, config, move |tenant: PartnerTenant| {
-            by_tenant(tenant.status.and_then(|s| s.namespace))
-        })
+        .watches_stream(
+            crate::watches::tenant_changes(tenants, config),
+            move |tenant: PartnerTenant| by_tenant(tenant.status.and_then(|s| s.namespace)),
+        )
         .watches_stream(pipelines, move |p: crate::api::MetricPipeline| {
             by_pipeline(p.namespace())
         })
