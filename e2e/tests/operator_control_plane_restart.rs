@@ -1,16 +1,39 @@
 //! An operator outlives a restart of the Kubernetes control plane: once the
-//! API server serves again its watches resume, a tenant applied afterwards
-//! becomes Ready, and one deleted afterwards is cleaned up. The restart
-//! cuts every connection of every client, so this suite has a test binary of
-//! its own (`cargo test` runs one binary at a time).
+//! API server serves again its watches resume within seconds, so a tenant
+//! and a pipeline applied afterwards become Ready, and tenants deleted
+//! afterwards are cleaned up. The restart cuts every connection of every
+//! client, so this suite has a test binary of its own (`cargo test` runs one
+//! binary at a time).
 
 use std::time::Duration;
 
+use partnerplane_e2e::operator::SHARD_LABEL;
+use partnerplane_e2e::pipelines::{is, wait_pipeline};
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(120);
+/// Once the API server accepts writes again: a watch that backs off for
+/// minutes after a restart must fail this.
+const RESUMED_WITHIN: Duration = Duration::from_secs(30);
+
+fn pipeline(namespace: &str, shard: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "partnerplane.io/v1alpha1",
+        "kind": "MetricPipeline",
+        "metadata": {"name": "after-restart", "namespace": namespace, "labels": {SHARD_LABEL: shard}},
+        "spec": {
+            "refreshInterval": "1h",
+            "sources": [{"name": "orders", "partnerColumn": "partner_id", "timeColumn": "opened_at",
+                         "columns": [{"name": "partner_id", "type": "Text"},
+                                     {"name": "opened_at", "type": "Timestamp"},
+                                     {"name": "amount", "type": "Numeric"}]}],
+            "metrics": [{"name": "revenue", "domain": "RevenueAttribution", "source": "orders",
+                         "aggregate": {"kind": "Sum", "column": "amount"}, "window": "30d"}],
+        }
+    })
+}
 
 #[tokio::test]
 async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<()> {
@@ -27,12 +50,13 @@ async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<
         false,
     )
     .await?;
-    wait_condition(&client, &before, "Ready", "True", DEADLINE).await?;
+    let ready = wait_condition(&client, &before, "Ready", "True", DEADLINE).await?;
+    let namespace = ready.status.and_then(|s| s.namespace).unwrap_or_default();
 
     testbed.restart_kubernetes()?;
+    // A new client: the old one's connections were cut.
+    let client = testbed.kube_admin().await?;
     let result = async {
-        // A new client: the old one's connections were cut.
-        let client = testbed.kube_admin().await?;
         let manifest = operator.tenant(&after, spec.clone());
         wait_until(
             "the restarted API server to accept a tenant",
@@ -43,19 +67,28 @@ async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<
             },
         )
         .await?;
-        wait_condition(&client, &after, "Ready", "True", DEADLINE).await?;
-        anyhow::Ok(client)
+        wait_condition(&client, &after, "Ready", "True", RESUMED_WITHIN).await?;
+        apply(&client, &pipeline(&namespace, &operator.shard), None, false).await?;
+        wait_pipeline(
+            &client,
+            &namespace,
+            "after-restart",
+            "Ready",
+            RESUMED_WITHIN,
+            |p| is(p, "Ready", "True"),
+        )
+        .await?;
+        anyhow::Ok(())
     }
-    .await;
-    let client = match result {
-        Ok(client) => client,
-        Err(e) => {
-            return Err(e.context(format!(
-                "operator log: e2e/.testbed/logs/operator-{}.log",
-                operator.shard
-            )));
-        }
-    };
-    // Deletion is seen through the resumed watch too.
-    delete_tenants(&client, &[before, after]).await
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "operator log: e2e/.testbed/logs/operator-{}.log",
+            operator.shard
+        ))
+    });
+    // Deletion is seen through the resumed watches too (the `Delete`
+    // tenant takes its namespace and the pipeline in it).
+    let deleted = delete_tenants(&client, &[before, after]).await;
+    result.and(deleted)
 }

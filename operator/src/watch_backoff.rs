@@ -1,6 +1,6 @@
 //! How soon a watch that failed tries again. kube's default (client-go's:
-//! 0.8 s doubling to 30 s, with jitter up to twice that, reset only by a
-//! success) let an API server restart of a few seconds cost a minute or
+//! 0.8 s doubling to 30 s, with jitter up to twice that, reset by a success
+//! or by two minutes without an error) let an API server restart of a few seconds cost a minute or
 //! more per watch: the restart's refused connections grew every watch's
 //! delay to its cap, and resuming after it takes two more failures (a
 //! pooled connection the server closed, then `410 Gone` for the old
@@ -13,13 +13,16 @@
 //! controller's own objects included, for up to a minute, and each later
 //! error lengthened it; after an API server restart a controller stood
 //! still for minutes. Each watch backs off by itself, so the controller's
-//! layer waits for nothing ([`Immediate`]).
+//! layer waits for nothing ([`Immediate`]). Every trigger stream must
+//! therefore carry [`WatchBackoff`]: kube's `Controller::owns` and
+//! `Controller::watches` build watches without one, which would then retry
+//! an error at once, in a loop; use `owns_stream` and `watches_stream`.
 
 use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
 
-/// First delay after a failure.
+/// The first delay after a failure is at most this (at least half of it).
 const FIRST: Duration = Duration::from_millis(250);
 /// Longest delay between two attempts.
 const CAP: Duration = Duration::from_secs(4);
