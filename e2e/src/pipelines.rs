@@ -342,3 +342,21 @@ pub async fn apply(client: &kube::Client, docs: &[Value]) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// The smallest pipeline: one source, one metric, refreshed hourly.
+pub fn minimal(name: &str, namespace: &str, shard: &str) -> Value {
+    json!({
+        "apiVersion": "partnerplane.io/v1alpha1",
+        "kind": "MetricPipeline",
+        "metadata": {"name": name, "namespace": namespace, "labels": {SHARD_LABEL: shard}},
+        "spec": {
+            "refreshInterval": "1h",
+            "sources": [{"name": "orders", "partnerColumn": "partner_id", "timeColumn": "opened_at",
+                         "columns": [{"name": "partner_id", "type": "Text"},
+                                     {"name": "opened_at", "type": "Timestamp"},
+                                     {"name": "amount", "type": "Numeric"}]}],
+            "metrics": [{"name": "revenue", "domain": "RevenueAttribution", "source": "orders",
+                         "aggregate": {"kind": "Sum", "column": "amount"}, "window": "30d"}],
+        }
+    })
+}

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use partnerplane::api::{CopilotDeployment, MetricPipeline, PartnerTenant};
 use partnerplane_e2e::operator::{SHARD_LABEL, condition};
-use partnerplane_e2e::pipelines::{is, wait_pipeline};
+use partnerplane_e2e::pipelines::{is, minimal, wait_pipeline};
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{
     Operator, Testbed, apply, install_crds, kstatus, load_documents, repo_root, unique_name,
@@ -99,23 +99,6 @@ fn tenant(name: &str, shard: &str, spec: Value) -> Value {
         "kind": "PartnerTenant",
         "metadata": {"name": name, "labels": {SHARD_LABEL: shard}},
         "spec": spec,
-    })
-}
-
-fn pipeline(name: &str, namespace: &str, shard: &str) -> Value {
-    json!({
-        "apiVersion": "partnerplane.io/v1alpha1",
-        "kind": "MetricPipeline",
-        "metadata": {"name": name, "namespace": namespace, "labels": {SHARD_LABEL: shard}},
-        "spec": {
-            "refreshInterval": "1h",
-            "sources": [{"name": "orders", "partnerColumn": "partner_id", "timeColumn": "opened_at",
-                         "columns": [{"name": "partner_id", "type": "Text"},
-                                     {"name": "opened_at", "type": "Timestamp"},
-                                     {"name": "amount", "type": "Numeric"}]}],
-            "metrics": [{"name": "revenue", "domain": "RevenueAttribution", "source": "orders",
-                         "aggregate": {"kind": "Sum", "column": "amount"}, "window": "30d"}],
-        }
     })
 }
 
@@ -240,15 +223,15 @@ async fn argocd_and_kstatus_agree_on_real_objects_in_every_state() -> anyhow::Re
         wait_condition(&client, &suspended, "Suspended", "True", DEADLINE).await?;
         let tenant_ns = format!("ptn-{ready}");
 
-        apply(&client, &pipeline("ready", &tenant_ns, &shard), None, false).await?;
-        apply(&client, &pipeline("stalled", &foreign, &shard), None, false).await?;
+        apply(&client, &minimal("ready", &tenant_ns, &shard), None, false).await?;
+        apply(&client, &minimal("stalled", &foreign, &shard), None, false).await?;
         // Suspended with no tenant to wait for: settled all the same.
-        let mut suspended_pipeline = pipeline("suspended", &foreign, &shard);
+        let mut suspended_pipeline = minimal("suspended", &foreign, &shard);
         suspended_pipeline["spec"]["suspend"] = json!(true);
         apply(&client, &suspended_pipeline, None, false).await?;
         apply(
             &client,
-            &pipeline("waiting", &foreign, &unserved),
+            &minimal("waiting", &foreign, &unserved),
             None,
             false,
         )

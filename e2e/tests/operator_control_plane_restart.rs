@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use partnerplane_e2e::operator::SHARD_LABEL;
-use partnerplane_e2e::pipelines::{is, wait_pipeline};
+use partnerplane_e2e::pipelines::{is, minimal, wait_pipeline};
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name, wait_condition, wait_until};
 use serde_json::json;
@@ -17,23 +16,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// Once the API server accepts writes again: a watch that backs off for
 /// minutes after a restart must fail this.
 const RESUMED_WITHIN: Duration = Duration::from_secs(30);
-
-fn pipeline(namespace: &str, shard: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "partnerplane.io/v1alpha1",
-        "kind": "MetricPipeline",
-        "metadata": {"name": "after-restart", "namespace": namespace, "labels": {SHARD_LABEL: shard}},
-        "spec": {
-            "refreshInterval": "1h",
-            "sources": [{"name": "orders", "partnerColumn": "partner_id", "timeColumn": "opened_at",
-                         "columns": [{"name": "partner_id", "type": "Text"},
-                                     {"name": "opened_at", "type": "Timestamp"},
-                                     {"name": "amount", "type": "Numeric"}]}],
-            "metrics": [{"name": "revenue", "domain": "RevenueAttribution", "source": "orders",
-                         "aggregate": {"kind": "Sum", "column": "amount"}, "window": "30d"}],
-        }
-    })
-}
 
 #[tokio::test]
 async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<()> {
@@ -68,7 +50,13 @@ async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<
         )
         .await?;
         wait_condition(&client, &after, "Ready", "True", RESUMED_WITHIN).await?;
-        apply(&client, &pipeline(&namespace, &operator.shard), None, false).await?;
+        apply(
+            &client,
+            &minimal("after-restart", &namespace, &operator.shard),
+            None,
+            false,
+        )
+        .await?;
         wait_pipeline(
             &client,
             &namespace,
