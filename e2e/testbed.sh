@@ -214,10 +214,12 @@ up_kubernetes() {
     return
   fi
   export KWOK_KUBE_VERSION=$K8S_VERSION KWOK_KUBECTL_BINARY=$BIN/kubectl
+  local restarted=""
   if [[ -d $KWOK_WORKDIR/clusters/$CLUSTER ]]; then
     log "restarting the Kubernetes control plane"
     "$BIN/kwokctl" start cluster --name "$CLUSTER" >>"$LOGS/kwokctl.log" 2>&1 ||
       die "kwokctl start failed (see $LOGS/kwokctl.log)"
+    restarted=1
   else
     log "creating the Kubernetes control plane ($K8S_VERSION, KWOK nodes)"
     write_audit_policy
@@ -236,6 +238,11 @@ up_kubernetes() {
       die "kwokctl create failed (see $LOGS/kwokctl.log)"
   fi
   wait_for "kube-apiserver" 120 kube_ready
+  if [[ -n $restarted ]]; then
+    # The restarted KWOK is a new lease holder: it plays no pod until the
+    # previous holder's node leases (200 s) expire, unless they are gone.
+    kube delete lease -n kube-node-lease --all >/dev/null 2>&1 || true
+  fi
   apply_nodes
 }
 

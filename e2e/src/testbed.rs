@@ -285,6 +285,50 @@ impl Testbed {
         self.bring_up()
     }
 
+    /// When each KWOK node last renewed its lease, by node.
+    pub async fn node_renewals(
+        client: &kube::Client,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, Option<String>>> {
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client.clone(), "kube-node-lease");
+        Ok(leases
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|lease| {
+                let renewed = lease
+                    .spec
+                    .and_then(|s| s.renew_time)
+                    .map(|t| t.0.to_string());
+                (lease.metadata.name.unwrap_or_default(), renewed)
+            })
+            .collect())
+    }
+
+    /// Waits until every KWOK node has renewed its lease since `before`
+    /// (from [`Self::node_renewals`]). After a restart of the control plane
+    /// KWOK can lag the API server by minutes, and until it renews it plays
+    /// no pod: a later suite's pods would never become ready.
+    pub async fn wait_for_nodes_renewed(
+        client: &kube::Client,
+        before: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> anyhow::Result<()> {
+        crate::wait_until(
+            "every KWOK node to renew its lease",
+            std::time::Duration::from_secs(360),
+            || async {
+                let now = Self::node_renewals(client).await?;
+                let renewed = before.iter().all(|(node, was)| {
+                    now.get(node)
+                        .is_some_and(|renewal| renewal.is_some() && renewal != was)
+                });
+                Ok(renewed.then_some(()))
+            },
+        )
+        .await
+    }
+
     /// Brings stopped parts of the test bed back (`e2e/testbed.sh up`).
     pub fn bring_up(&self) -> anyhow::Result<()> {
         let status = std::process::Command::new(repo_root().join("e2e/testbed.sh"))

@@ -3,7 +3,7 @@
 //! and a pipeline applied afterwards become Ready, and tenants deleted
 //! afterwards are cleaned up. The restart cuts every connection of every
 //! client, so this suite has a test binary of its own (`cargo test` runs one
-//! binary at a time).
+//! binary at a time), and it ends only once KWOK plays pods again.
 
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<
     let ready = wait_condition(&client, &before, "Ready", "True", DEADLINE).await?;
     let namespace = ready.status.and_then(|s| s.namespace).unwrap_or_default();
 
+    let renewals = Testbed::node_renewals(&client).await?;
+    anyhow::ensure!(!renewals.is_empty(), "the test bed has no KWOK node");
     testbed.restart_kubernetes()?;
     // A new client: the old one's connections were cut.
     let client = testbed.kube_admin().await?;
@@ -78,5 +80,7 @@ async fn the_operator_resumes_after_the_api_server_restarts() -> anyhow::Result<
     // Deletion is seen through the resumed watches too (the `Delete`
     // tenant takes its namespace and the pipeline in it).
     let deleted = delete_tenants(&client, &[before, after]).await;
-    result.and(deleted)
+    // The suites after this one need KWOK playing pods again.
+    let nodes = Testbed::wait_for_nodes_renewed(&client, &renewals).await;
+    result.and(deleted).and(nodes)
 }
