@@ -237,19 +237,19 @@ pub struct Context {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn resyncs_stretch_with_the_number_of_tenants() {
         let configured = Duration::from_secs(300);
-        assert_eq!(super::resync_interval(configured, 10), configured);
-        assert_eq!(super::resync_interval(configured, 1_000), configured);
+        assert_eq!(resync_interval(configured, 10), configured);
+        assert_eq!(resync_interval(configured, 1_000), configured);
         assert_eq!(
-            super::resync_interval(configured, 10_000),
+            resync_interval(configured, 10_000),
             Duration::from_secs(2_000),
             "at most five checks a second"
         );
     }
-
-    use super::*;
 
     fn endpoints(pg_host: &str, redis_host: &str, vault: &str) -> Endpoints {
         Endpoints {
