@@ -6,7 +6,7 @@
 //! rows, so every row is counted exactly once.
 
 use partnerplane::api::pipeline::MetricPipelineSpec;
-use partnerplane::pipeline::sql::compile::{self, ROLLUP_COLUMNS};
+use partnerplane::pipeline::sql::compile::{self, ROLLUP_COLUMNS, WINDOW_COLUMNS};
 use partnerplane::pipeline::sql::names::DerivedNames;
 use partnerplane::pipeline::sql::{self, PipelineKey, RefreshPath, Target};
 use partnerplane_e2e::tenants::pg_admin;
@@ -122,26 +122,50 @@ async fn finish_refresh(
 
 /// Rows of the rollup that a recompute from all rows (in the buckets the
 /// rollup keeps, from its recorded start on) does not produce, and the
-/// other way round — both must be empty.
+/// other way round, and the same for the window table — all must be empty.
 async fn differences(bed: &Bed) -> anyhow::Result<Vec<String>> {
     let names = DerivedNames::new(&bed.key);
     let s = format!("\"{}\"", bed.target.schema);
     let rollup = format!("{s}.\"{}\"", names.rollup);
+    let window = format!("{s}.\"{}\"", names.window);
     let mut out = vec![];
     for c in compile::compile(&bed.spec)? {
         let from = sql::refresh::retained_from(&bed.admin, &bed.target, &bed.key, &c.name)
             .await?
             .ok_or_else(|| anyhow::anyhow!("{}: no recorded start", c.name))?;
         let full = c.rollup_select(&format!("{s}.\"visits\""), &c.retained(&from));
-        let canonical = format!("SELECT {ROLLUP_COLUMNS}");
-        let kept = format!("{canonical} FROM {rollup} WHERE metric = '{}'", c.name);
-        for (label, a, b) in [("missing", &full, &kept), ("extra", &kept, &full)] {
+        let kept = format!(
+            "SELECT {ROLLUP_COLUMNS} FROM {rollup} WHERE metric = '{}'",
+            c.name
+        );
+        // The window table: the same rows merged over the current window.
+        let full_window = c.window_select(&format!("({full}) AS f({ROLLUP_COLUMNS})"));
+        let kept_window = format!(
+            "SELECT {WINDOW_COLUMNS} FROM {window} WHERE metric = '{}'",
+            c.name
+        );
+        for (label, a, b, columns) in [
+            ("missing", &full, &kept, ROLLUP_COLUMNS),
+            ("extra", &kept, &full, ROLLUP_COLUMNS),
+            (
+                "missing from the window",
+                &full_window,
+                &kept_window,
+                WINDOW_COLUMNS,
+            ),
+            (
+                "extra in the window",
+                &kept_window,
+                &full_window,
+                WINDOW_COLUMNS,
+            ),
+        ] {
             let rows = bed
                 .admin
                 .query(
                     &format!(
-                        "SELECT row_to_json(d)::text FROM (SELECT * FROM ({a}) AS a({ROLLUP_COLUMNS}) \
-                         EXCEPT ALL SELECT * FROM ({b}) AS b({ROLLUP_COLUMNS})) AS d LIMIT 3"
+                        "SELECT row_to_json(d)::text FROM (SELECT * FROM ({a}) AS a({columns}) \
+                         EXCEPT ALL SELECT * FROM ({b}) AS b({columns})) AS d LIMIT 3"
                     ),
                     &[],
                 )

@@ -484,6 +484,8 @@ fn compile_metric(
 
 /// Columns of the rollup table, in the order [`Compiled::rollup_select`] yields them.
 pub const ROLLUP_COLUMNS: &str = "metric, partner, dims, bucket, k, v, n, m, s, lo, hi";
+/// Columns of the window table: the rollup's without the bucket.
+pub const WINDOW_COLUMNS: &str = "metric, partner, dims, k, v, n, m, s, lo, hi";
 
 impl Compiled {
     /// The pipeline's time zone.
@@ -549,6 +551,37 @@ impl Compiled {
     /// names stay unqualified: whatever `from` joins in names its columns
     /// `_pp_…`, which no source column can be called.
     pub fn rollup_select(&self, from: &str, extra: &str) -> String {
+        self.partials_select(from, extra, None)
+    }
+
+    /// Whether every partial aggregate of this kind can be taken back out
+    /// (count, sums, bins, distinct values); a minimum or maximum cannot.
+    pub fn invertible(&self) -> bool {
+        !matches!(self.kind, AggregateKind::Minimum | AggregateKind::Maximum)
+    }
+
+    /// The change `from`'s rows make to the partial aggregates, each row
+    /// counted with the sign in its `_pp_sign` column (+1 a row that
+    /// arrived, -1 one that went); groups whose change is nothing are left
+    /// out. Only for [`Self::invertible`] kinds.
+    pub fn delta_select(&self, from: &str, extra: &str) -> String {
+        let mut changed = vec!["sum(_pp_sign) <> 0".to_string()];
+        if let Some(cond) = &self.matching {
+            changed.push(format!(
+                "coalesce(sum(_pp_sign) FILTER (WHERE {cond}), 0) <> 0"
+            ));
+        }
+        if let (AggregateKind::Sum | AggregateKind::Average, Some(x)) = (self.kind, &self.measure) {
+            changed.push(format!("sum(_pp_sign * {x}) <> 0"));
+        }
+        format!(
+            "{} HAVING {}",
+            self.partials_select(from, extra, Some("_pp_sign")),
+            changed.join(" OR ")
+        )
+    }
+
+    fn partials_select(&self, from: &str, extra: &str, sign: Option<&str>) -> String {
         let mut conditions = self.conditions.clone();
         if !extra.is_empty() {
             conditions.push(extra.to_string());
@@ -567,23 +600,34 @@ impl Compiled {
             .distinct
             .clone()
             .unwrap_or_else(|| "''::text".to_string());
-        let m = match &self.matching {
-            Some(cond) => format!("count(*) FILTER (WHERE {cond})"),
-            None => "0::bigint".into(),
+        let count = match sign {
+            Some(sign) => format!("sum({sign})::bigint"),
+            None => "count(*)".into(),
+        };
+        let m = match (&self.matching, sign) {
+            (Some(cond), Some(sign)) => {
+                format!("coalesce(sum({sign}) FILTER (WHERE {cond}), 0)::bigint")
+            }
+            (Some(cond), None) => format!("count(*) FILTER (WHERE {cond})"),
+            (None, _) => "0::bigint".into(),
+        };
+        let signed = |x: &str| match sign {
+            Some(sign) => format!("{sign} * {x}"),
+            None => x.to_string(),
         };
         // Only the partial aggregates this kind's value reads: each numeric
         // aggregate over a window of rows costs a rebuild noticeably.
         let none = || "NULL::numeric".to_string();
         let (s, lo, hi) = match (self.kind, measure) {
             (AggregateKind::Sum | AggregateKind::Average, Some(x)) => {
-                (format!("sum({x})"), none(), none())
+                (format!("sum({})", signed(x)), none(), none())
             }
             (AggregateKind::Minimum, Some(x)) => (none(), format!("min({x})"), none()),
             (AggregateKind::Maximum, Some(x)) => (none(), none(), format!("max({x})")),
             _ => (none(), none(), none()),
         };
         format!(
-            "SELECT {name}::text, {partner}, {dims}, {bucket}, {k}, {v}, count(*), {m}, {s}, {lo}, {hi} \
+            "SELECT {name}::text, {partner}, {dims}, {bucket}, {k}, {v}, {count}, {m}, {s}, {lo}, {hi} \
              FROM {from} WHERE {conditions} GROUP BY 2, 3, 4, 5, 6",
             name = string_literal(&self.name),
             partner = self.partner_of(),
@@ -708,62 +752,58 @@ impl Compiled {
         )
     }
 
-    /// Rows for the result table — (partner, dimensions, value, samples) over
-    /// all partners, per partner, and per dimension value when grouped.
-    ///
-    /// The window's rows are read once, merged per (partner, dimensions,
-    /// bin, distinct value) — every partial aggregate merges again — and
-    /// each level is computed from that.
-    pub fn results_select(&self, rollup: &str) -> String {
+    /// The rollup's buckets in the metric's current window.
+    pub fn in_window(&self, bucket: &str) -> String {
         let (start, end) = self.window();
-        // Only what this kind's value reads: merging numeric sums it never
-        // reads was most of a percentile's cost.
-        let mut keys = vec!["partner"];
-        keys.extend(self.has_dimensions.then_some("dims"));
-        keys.extend(self.percentile.is_some().then_some("k"));
-        keys.extend(self.distinct.is_some().then_some("v"));
-        let merged_values = match self.kind {
-            AggregateKind::Sum | AggregateKind::Average => ", sum(s) AS s",
-            AggregateKind::Minimum => ", min(lo) AS lo",
-            AggregateKind::Maximum => ", max(hi) AS hi",
-            AggregateKind::Ratio => ", sum(m) AS m",
-            AggregateKind::Count | AggregateKind::CountDistinct | AggregateKind::Percentile => "",
-        };
-        let merged = format!(
-            "SELECT {keys}, sum(n) AS n{merged_values} {} GROUP BY {keys}",
-            self.scope(rollup, &start, &end),
-            keys = keys.join(", ")
+        format!("{bucket} >= {start} AND {bucket} < {end}")
+    }
+
+    /// The metric's partial aggregates over its current window, merged
+    /// per (partner, dimensions, bin, distinct value): the window table's
+    /// rows ([`WINDOW_COLUMNS`]) read from the rollup.
+    pub fn window_select(&self, rollup: &str) -> String {
+        format!(
+            "SELECT metric, partner, dims, k, v, sum(n)::bigint, sum(m)::bigint, sum(s), min(lo), max(hi) \
+             FROM {rollup} WHERE metric = {} AND {} GROUP BY metric, partner, dims, k, v",
+            string_literal(&self.name),
+            self.in_window("bucket")
+        )
+    }
+
+    /// Rows for the result table — (partner, dimensions, value, samples) over
+    /// all partners, per partner, and per dimension value when grouped —
+    /// from the metric's rows of the window table.
+    pub fn results_select(&self, window_table: &str) -> String {
+        let scope = format!(
+            "FROM {window_table} WHERE metric = {}",
+            string_literal(&self.name)
         );
-        let scope = "FROM _pp_merged";
         let none = "NULL::text".to_string();
         let empty = "'{}'::jsonb".to_string();
         let mut parts = vec![
             format!(
                 "SELECT {none}, {empty}, value, samples FROM ({}) AS overall",
-                self.value_select(scope, &[])
+                self.value_select(&scope, &[])
             ),
             format!(
                 "SELECT partner, {empty}, value, samples FROM ({}) AS per_partner",
-                self.value_select(scope, &[("partner".into(), "partner")])
+                self.value_select(&scope, &[("partner".into(), "partner")])
             ),
         ];
         if self.has_dimensions {
             parts.push(format!(
                 "SELECT {none}, dims, value, samples FROM ({}) AS per_dims",
-                self.value_select(scope, &[("dims".into(), "dims")])
+                self.value_select(&scope, &[("dims".into(), "dims")])
             ));
             parts.push(format!(
                 "SELECT partner, dims, value, samples FROM ({}) AS per_partner_dims",
                 self.value_select(
-                    scope,
+                    &scope,
                     &[("partner".into(), "partner"), ("dims".into(), "dims")]
                 )
             ));
         }
-        format!(
-            "WITH _pp_merged AS MATERIALIZED ({merged}) {}",
-            parts.join(" UNION ALL ")
-        )
+        parts.join(" UNION ALL ")
     }
 
     /// Daily values per partner over the last `days` days: (partner, day
@@ -929,21 +969,35 @@ metrics:
             !rollup.contains("sum((") && !rollup.contains("min(("),
             "{rollup}"
         );
-        let results = p90.results_select("r");
+        let delta = p90.delta_select("d", "");
         assert!(
-            results.contains("SELECT partner, k, sum(n) AS n FROM r"),
-            "{results}"
+            delta.contains("sum(_pp_sign)::bigint") && !delta.contains("sum(_pp_sign * "),
+            "{delta}"
         );
+        assert!(delta.ends_with("HAVING sum(_pp_sign) <> 0"), "{delta}");
+        let results = p90.results_select("w");
+        assert!(results.contains("FROM w WHERE metric = E'm'"), "{results}");
         let average = of("{kind: Average, column: amount}");
         assert!(
             average
                 .rollup_select("s", "")
                 .contains("sum(\"amount\"::numeric), NULL::numeric, NULL::numeric")
         );
+        let delta = average.delta_select("d", "");
         assert!(
-            average
-                .results_select("r")
-                .contains("sum(n) AS n, sum(s) AS s FROM r")
+            delta.contains("sum(_pp_sign * \"amount\"::numeric), NULL::numeric")
+                && delta.contains("OR sum(_pp_sign * \"amount\"::numeric) <> 0"),
+            "{delta}"
+        );
+        let ratio = of(
+            "{kind: Ratio, matching: [{column: fixed, operator: Equals, value: {boolean: true}}]}",
+        );
+        assert!(
+            ratio
+                .delta_select("d", "")
+                .contains("coalesce(sum(_pp_sign) FILTER (WHERE \"fixed\" = true), 0)::bigint"),
+            "{}",
+            ratio.delta_select("d", "")
         );
         let minimum = of("{kind: Minimum, column: amount}");
         assert!(
@@ -951,6 +1005,8 @@ metrics:
                 .rollup_select("s", "")
                 .contains("NULL::numeric, min(\"amount\"::numeric), NULL::numeric")
         );
+        assert!(average.invertible() && ratio.invertible() && p90.invertible());
+        assert!(!minimum.invertible());
     }
 
     #[test]

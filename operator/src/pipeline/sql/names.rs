@@ -15,6 +15,15 @@ pub const XID_COLUMN: &str = "_pp_xid";
 /// through it.
 pub const XID_NUMBER: &str = "((_pp_xid::text)::bigint)";
 
+/// Columns of a source's change log besides the source's own: the
+/// transaction that logged the change, whether it was a `TRUNCATE`, the
+/// sign of the row image (-1 the row before, +1 after) and the row's own
+/// insert transaction.
+pub const LOG_XID: &str = "_pp_log_xid";
+pub const LOG_TRUNCATED: &str = "_pp_truncated";
+pub const LOG_SIGN: &str = "_pp_sign";
+pub const LOG_ROW: &str = "_pp_row";
+
 fn hash8(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..4])
@@ -40,6 +49,9 @@ pub struct DerivedNames {
     pub outbox: String,
     /// Work table: the (metric, partner, bucket) keys one refresh recomputes.
     pub keys: String,
+    /// Each metric's partial aggregates merged over its current window,
+    /// what results are computed from.
+    pub window: String,
 }
 
 impl DerivedNames {
@@ -56,6 +68,7 @@ impl DerivedNames {
             breaches: format!("{stem}_breaches"),
             outbox: format!("{stem}_outbox"),
             keys: format!("{stem}_keys"),
+            window: format!("{stem}_window"),
             stem,
         }
     }
@@ -71,17 +84,11 @@ impl DerivedNames {
         format!("{}_cap_{}_", self.stem, hash8(source))
     }
 
-    /// The trigger function capturing changes of one source table; its
-    /// name follows the partner and time columns it logs and what it does
-    /// (`v2`: an update logs the old and the new key and keeps the row's
-    /// insert transaction), so changing any of them makes a new one (and
-    /// the old one is dropped).
-    pub fn capture(&self, source: &str, partner: &str, time: &str) -> String {
-        format!(
-            "{}{}",
-            self.capture_prefix(source),
-            hash8(&format!("v2/{partner}/{time}"))
-        )
+    /// The trigger function capturing changes of one source table, named
+    /// after its body: a function that logs other columns, or logs them
+    /// differently, gets a new name (and the old one is dropped).
+    pub fn capture(&self, source: &str, body: &str) -> String {
+        format!("{}{}", self.capture_prefix(source), hash8(body))
     }
 
     /// What every index the pipeline makes on one source table is called
@@ -128,10 +135,11 @@ mod tests {
         let (a, b) = (DerivedNames::new(&key("a")), DerivedNames::new(&key("b")));
         assert_ne!(a.stem, b.stem);
         let long = "s".repeat(63);
-        let (changes, capture) = (a.changes(&long), a.capture(&long, &long, &long));
+        let (changes, capture) = (a.changes(&long), a.capture(&long, &long));
         let [x, t, p] = a.indexes(&long, &long, &long);
         for name in [
-            a.rollup, a.results, a.state, a.breaches, a.outbox, a.keys, changes, capture, x, t, p,
+            a.rollup, a.results, a.state, a.breaches, a.outbox, a.keys, a.window, changes, capture,
+            x, t, p,
         ] {
             // Room for the trigger suffix `_truncate`.
             assert!(

@@ -5,13 +5,19 @@
 //!
 //! Per refresh, for each metric: a changed definition (or no watermark)
 //! rebuilds its partial aggregates from the source's rows in the buckets
-//! anything reads (see `horizon`); otherwise the (partner, bucket) keys of
-//! updated and deleted rows — before and after an update — are recomputed
-//! from raw rows, and inserted rows in every other key are merged by
-//! addition. Changes to older buckets are ignored. The work is
-//! proportional to what changed, not to the history. A few random keys are
-//! re-derived from raw rows each time as a check; a difference is repaired
-//! and reported.
+//! anything reads (see `horizon`). Otherwise what changed is applied as
+//! signed rows: each new row counts +1, and the change log's images of
+//! updated and deleted rows -1 (the row as it was counted) and +1 (as it
+//! is now), so the work is proportional to what changed, not to the
+//! history. A minimum or maximum cannot take a row back out: for those the
+//! (partner, bucket) keys of updated and deleted rows are recomputed from
+//! raw rows. Changes to buckets older than the metric keeps are ignored.
+//!
+//! The window table holds each metric's partial aggregates merged over its
+//! current window, maintained by the same signed rows and rebuilt from the
+//! rollup when the window moves on; results are computed from it. A few
+//! random keys are re-derived from raw rows each time as a check; a
+//! difference is repaired and reported.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +26,9 @@ use tokio_postgres::Transaction;
 
 use super::compile::{self, Compiled};
 use super::horizon::{self, Reach};
-use super::names::{DerivedNames, XID_COLUMN, XID_NUMBER};
+use super::names::{
+    DerivedNames, LOG_ROW, LOG_SIGN, LOG_TRUNCATED, LOG_XID, XID_COLUMN, XID_NUMBER,
+};
 use super::state::State;
 use super::{PipelineKey, SqlError, Target};
 use crate::api::metric::{Comparison, Objective};
@@ -37,7 +45,8 @@ const WORK_MEM: &str = "64MB";
 /// Result rows are kept this long (the latest refresh's always).
 const RESULT_RETENTION: &str = "30 days";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered by how much a refresh did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RefreshPath {
     Unchanged,
     Incremental,
@@ -85,6 +94,7 @@ struct Tables {
     rollup: String,
     results: String,
     state: String,
+    window: String,
 }
 
 impl Tables {
@@ -95,11 +105,16 @@ impl Tables {
             rollup: q(&names.rollup),
             results: q(&names.results),
             state: q(&names.state),
+            window: q(&names.window),
         }
     }
 
     fn source(&self, name: &str) -> String {
         format!("{}.{}", self.schema, quote_ident(name))
+    }
+
+    fn log(&self, names: &DerivedNames, source: &str) -> String {
+        format!("{}.{}", self.schema, quote_ident(&names.changes(source)))
     }
 }
 
@@ -113,24 +128,25 @@ fn snapshot_literal(text: &str) -> Option<String> {
     .then(|| format!("'{text}'::pg_snapshot"))
 }
 
+/// Change log entries `prev` did not see.
+fn logged_since(prev: &str) -> String {
+    format!("NOT pg_visible_in_snapshot({LOG_XID}, {prev})")
+}
+
 /// Keys (partner, bucket) from `from` on of rows updated or deleted since
 /// `prev`, with the time range to read them back from, as a subquery over
-/// the change table.
-fn changed_keys(c: &Compiled, changes: &str, prev: &str, from: &str) -> String {
-    let bucket = format!(
-        "date_trunc('{}', at AT TIME ZONE {})",
-        match c.grain {
-            compile::Grain::Hour => "hour",
-            compile::Grain::Day => "day",
-        },
-        compile::string_literal(c.time_zone_name())
-    );
+/// the change log.
+fn changed_keys(c: &Compiled, log: &str, prev: &str, from: &str) -> String {
     let (lo, hi) = c.bucket_range("_pp_bucket");
     format!(
         "SELECT _pp_partner, _pp_bucket, {lo} AS _pp_lo, {hi} AS _pp_hi FROM (\
-         SELECT DISTINCT partner AS _pp_partner, {bucket} AS _pp_bucket FROM {changes} \
-         WHERE partner IS NOT NULL AND at IS NOT NULL AND NOT pg_visible_in_snapshot(xid, {prev})) AS _pp_changed \
-         WHERE _pp_bucket >= {from}"
+         SELECT DISTINCT {partner} AS _pp_partner, {bucket} AS _pp_bucket FROM {log} \
+         WHERE NOT {LOG_TRUNCATED} AND {partner} IS NOT NULL AND {time} IS NOT NULL AND {since}) AS _pp_changed \
+         WHERE _pp_bucket >= {from}",
+        partner = c.partner_of(),
+        bucket = c.bucket_of(),
+        time = c.time_of(),
+        since = logged_since(prev),
     )
 }
 
@@ -143,6 +159,35 @@ fn written_since(prev: &str) -> String {
     )
 }
 
+/// What changed in one source since `prev`, as signed rows of its
+/// columns: +1 for each row inserted since, and the logged images of rows
+/// updated or deleted since — only of rows `prev` had counted (a row
+/// inserted since is counted as it is now, by the first part).
+fn signed_rows(
+    table: &str,
+    log: &str,
+    columns: &str,
+    prev: &str,
+    inserted: bool,
+    logged: bool,
+) -> String {
+    let mut parts = vec![];
+    if inserted {
+        parts.push(format!(
+            "SELECT 1 AS {LOG_SIGN}, {columns} FROM {table} WHERE {}",
+            written_since(prev)
+        ));
+    }
+    if logged {
+        parts.push(format!(
+            "SELECT {LOG_SIGN}::int, {columns} FROM {log} WHERE NOT {LOG_TRUNCATED} AND {} \
+             AND pg_visible_in_snapshot({LOG_ROW}, {prev})",
+            logged_since(prev)
+        ));
+    }
+    parts.join(" UNION ALL ")
+}
+
 /// What one refresh does to one metric's partial aggregates.
 struct MetricWork<'a> {
     c: &'a Compiled,
@@ -153,6 +198,17 @@ struct MetricWork<'a> {
     prune: bool,
     inserted: i64,
     logged: i64,
+    /// The start of the metric's window now, as the state records it.
+    window_start: String,
+    /// The window table holds the metric's current window: changes are
+    /// applied to it rather than it being rebuilt.
+    window_kept: bool,
+}
+
+impl MetricWork<'_> {
+    fn changed(&self) -> bool {
+        self.inserted + self.logged > 0
+    }
 }
 
 /// Refreshes every metric; returns the values over the current windows.
@@ -167,8 +223,8 @@ pub async fn refresh(
     let t = Tables::new(target, &names);
     let compiled = compile::compile(spec)?;
     // One statement: the snapshot, the hour results are anchored to, the
-    // state, and the earliest bucket each metric needs now (an idle
-    // refresh's round trips are most of its time).
+    // state, and per metric the earliest bucket it needs now and the start
+    // of its window (an idle refresh's round trips are most of its time).
     let mut columns = vec![
         "pg_current_snapshot()::text".to_string(),
         format!(
@@ -180,26 +236,27 @@ pub async fn refresh(
             t.state
         ),
     ];
-    columns.extend(compiled.iter().map(|c| {
-        format!(
-            "to_char({}, {})",
-            c.needed_from(),
-            compile::string_literal(horizon::TEXT_FORMAT)
-        )
-    }));
+    let format = compile::string_literal(horizon::TEXT_FORMAT);
+    for c in &compiled {
+        columns.push(format!("to_char({}, {format})", c.needed_from()));
+        columns.push(format!("to_char({}, {format})", c.window().0));
+    }
     let row = tx
         .query_one(&format!("SELECT {}", columns.join(", ")), &[])
         .await?;
     let (current, anchor): (String, String) = (row.get(0), row.get(1));
     let mut state = State::parse(&row.get::<_, String>(2))?;
-    let needed = (3..3 + compiled.len())
-        .map(|i| {
-            horizon::parse(&row.get::<_, String>(i)).ok_or_else(|| SqlError::Invalid {
-                path: "spec.timeZone".into(),
-                message: "Postgres printed a bucket time that is not a date and time".into(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let unreadable = || SqlError::Invalid {
+        path: "spec.timeZone".into(),
+        message: "Postgres printed a bucket time that is not a date and time".into(),
+    };
+    let mut starts = vec![];
+    for i in 0..compiled.len() {
+        let needed = horizon::parse(&row.get::<_, String>(3 + 2 * i)).ok_or_else(unreadable)?;
+        let window = row.get::<_, String>(4 + 2 * i);
+        horizon::parse(&window).ok_or_else(unreadable)?;
+        starts.push((needed, window));
+    }
     let prev = state.get("snapshot").and_then(|s| snapshot_literal(s));
 
     // What changed per source since the previous refresh, in one statement.
@@ -210,11 +267,12 @@ pub async fn refresh(
             .iter()
             .map(|source| {
                 let name = source.name.as_str();
-                let log = format!("{}.{}", t.schema, quote_ident(&names.changes(name)));
+                let log = t.log(&names, name);
+                let since = logged_since(prev);
                 format!(
                     "(SELECT count(*) FROM {table} WHERE {written}), \
-                     (SELECT count(*) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev})), \
-                     (SELECT coalesce(bool_or(truncated), false) FROM {log} WHERE NOT pg_visible_in_snapshot(xid, {prev}))",
+                     (SELECT count(*) FROM {log} WHERE {since}), \
+                     (SELECT coalesce(bool_or({LOG_TRUNCATED}), false) FROM {log} WHERE {since})",
                     table = t.source(name),
                     written = written_since(prev)
                 )
@@ -235,13 +293,13 @@ pub async fn refresh(
 
     // Decide per metric (no statement yet).
     let mut work = vec![];
-    for (c, needed) in compiled.iter().zip(&needed) {
+    for (c, (needed, window_start)) in compiled.iter().zip(starts) {
         let table = t.source(&c.source);
         let known = state.get(&format!("def:{}", c.name)) == Some(&c.fingerprint(&table));
         let recorded = state
             .get(&format!("from:{}", c.name))
             .and_then(|s| horizon::parse(s));
-        let reach = horizon::decide(recorded, *needed, c.reach_hours());
+        let reach = horizon::decide(recorded, needed, c.reach_hours());
         let (inserted, logged, truncated) =
             changes.get(c.source.as_str()).copied().unwrap_or_default();
         let rebuild = prev.is_none()
@@ -252,8 +310,9 @@ pub async fn refresh(
         let prune = !rebuild && reach == Reach::Prune && inserted + logged > 0;
         let from = match (rebuild || prune, recorded) {
             (false, Some(recorded)) => recorded,
-            _ => *needed,
+            _ => needed,
         };
+        let window_kept = !rebuild && state.get(&format!("win:{}", c.name)) == Some(&window_start);
         work.push(MetricWork {
             c,
             from,
@@ -261,76 +320,59 @@ pub async fn refresh(
             prune,
             inserted,
             logged,
+            window_start,
+            window_kept,
         });
     }
-    let busy = work.iter().any(|w| w.rebuild || w.inserted + w.logged > 0);
+    let busy = work.iter().any(|w| w.rebuild || w.changed());
     if busy {
         // Aggregating a source's rows must not spill to disk.
         tx.batch_execute(&format!("SET LOCAL work_mem = '{WORK_MEM}'"))
             .await?;
     }
-
-    // Keys of updated and deleted rows, for every maintained metric at once,
-    // analysed so that reading them back uses the indexes.
-    let keys = format!("{}.{}", t.schema, quote_ident(&names.keys));
     let prev_literal = prev.as_deref().unwrap_or_default();
-    let mut keyed = false;
-    for w in work.iter().filter(|w| !w.rebuild && w.logged > 0) {
-        let log = format!("{}.{}", t.schema, quote_ident(&names.changes(&w.c.source)));
-        tx.execute(
-            &format!(
-                "INSERT INTO {keys} (metric, partner, bucket, lo, hi) SELECT {}, * FROM ({}) AS k",
-                compile::string_literal(&w.c.name),
-                changed_keys(w.c, &log, prev_literal, &horizon::literal(w.from))
-            ),
-            &[],
-        )
-        .await?;
-        keyed = true;
-    }
-    if keyed {
-        tx.batch_execute(&format!("ANALYZE {keys}")).await?;
-    }
-    // The work table's columns under names no source column can have.
-    let keyed_as = format!(
-        "(SELECT metric AS _pp_metric, partner AS _pp_partner, bucket AS _pp_bucket, lo AS _pp_lo, hi AS _pp_hi FROM {keys})"
-    );
 
     let mut path = RefreshPath::Unchanged;
     let changed_rows: i64 = changes
         .values()
         .map(|(inserted, logged, _)| inserted + logged)
         .sum();
+    // When every metric is rebuilt the tables are emptied at once: rows
+    // inserted over deleted ones each pay a uniqueness check against them.
+    let all_rebuilt = !work.is_empty() && work.iter().all(|w| w.rebuild);
+    if all_rebuilt {
+        tx.batch_execute(&format!("TRUNCATE {}, {}", t.rollup, t.window))
+            .await?;
+    }
     for w in &work {
         let c = w.c;
-        let table = t.source(&c.source);
         let name = compile::string_literal(&c.name);
         if w.rebuild {
-            tx.execute(
-                &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
-                &[],
-            )
-            .await?;
+            if !all_rebuilt {
+                tx.execute(
+                    &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
+                    &[],
+                )
+                .await?;
+            }
             // In index order: the rollup's pages then follow its buckets.
             tx.execute(
                 &format!(
                     "INSERT INTO {} ({}) {} ORDER BY 4, 2",
                     t.rollup,
                     compile::ROLLUP_COLUMNS,
-                    c.rollup_select(&table, &c.retained(&horizon::literal(w.from)))
+                    c.rollup_select(&t.source(&c.source), &c.retained(&horizon::literal(w.from)))
                 ),
                 &[],
             )
             .await?;
-            state.set(format!("def:{}", c.name), c.fingerprint(&table));
+            state.set(
+                format!("def:{}", c.name),
+                c.fingerprint(&t.source(&c.source)),
+            );
             state.set(format!("from:{}", c.name), horizon::text(w.from));
             path = RefreshPath::Full;
-            continue;
-        }
-        if w.inserted + w.logged == 0 {
-            continue;
-        }
-        if w.prune {
+        } else if w.prune {
             tx.execute(
                 &format!(
                     "DELETE FROM {} WHERE metric = {name} AND bucket < {}",
@@ -342,66 +384,26 @@ pub async fn refresh(
             .await?;
             state.set(format!("from:{}", c.name), horizon::text(w.from));
         }
-        if w.logged > 0 {
-            tx.execute(
-                &format!(
-                    "DELETE FROM {r} USING {keyed_as} AS k WHERE k._pp_metric = {name} AND {r}.metric = {name} \
-                     AND {r}.bucket = k._pp_bucket AND {r}.partner = k._pp_partner",
-                    r = t.rollup
-                ),
-                &[],
-            )
-            .await?;
-            let from = format!(
-                "{table} JOIN {keyed_as} AS k ON k._pp_metric = {name} AND {} AND {time} >= k._pp_lo AND {time} < k._pp_hi",
-                c.partner_equals("k._pp_partner"),
-                time = c.time_of()
-            );
-            tx.execute(
-                &format!(
-                    "INSERT INTO {} ({}) {}",
-                    t.rollup,
-                    compile::ROLLUP_COLUMNS,
-                    c.rollup_select(&from, &format!("{} = k._pp_bucket", c.bucket_of()))
-                ),
-                &[],
-            )
-            .await?;
-        }
-        if w.inserted > 0 {
-            let mut fresh = format!(
-                "{} AND {}",
-                written_since(prev_literal),
-                c.retained(&horizon::literal(w.from))
-            );
-            if w.logged > 0 {
-                // Rows in recomputed keys were counted from raw rows above.
-                fresh.push_str(&format!(
-                    " AND NOT EXISTS (SELECT 1 FROM {keyed_as} AS k WHERE k._pp_metric = {name} \
-                     AND k._pp_partner = {} AND k._pp_bucket = {})",
-                    c.partner_of(),
-                    c.bucket_of()
-                ));
-            }
-            tx.execute(
-                &format!(
-                    "INSERT INTO {r} ({cols}) {select} ON CONFLICT (metric, partner, dims, bucket, k, v) DO UPDATE SET \
-                     n = {r}.n + excluded.n, m = {r}.m + excluded.m, s = {r}.s + excluded.s, \
-                     lo = least({r}.lo, excluded.lo), hi = greatest({r}.hi, excluded.hi)",
-                    r = t.rollup,
-                    cols = compile::ROLLUP_COLUMNS,
-                    select = c.rollup_select(&table, &fresh)
-                ),
-                &[],
-            )
-            .await?;
-        }
-        if path == RefreshPath::Unchanged {
-            path = RefreshPath::Incremental;
-        }
     }
-    if keyed {
-        tx.execute(&format!("DELETE FROM {keys}"), &[]).await?;
+    let maintained: Vec<&MetricWork> = work.iter().filter(|w| !w.rebuild && w.changed()).collect();
+    if !maintained.is_empty() {
+        path = path.max(RefreshPath::Incremental);
+    }
+    for source in &spec.sources {
+        let of_source: Vec<&MetricWork> = maintained
+            .iter()
+            .copied()
+            .filter(|w| w.c.source == source.name.as_str())
+            .collect();
+        let invertible: Vec<&MetricWork> = of_source
+            .iter()
+            .copied()
+            .filter(|w| w.c.invertible())
+            .collect();
+        apply_signed(tx, &t, &names, source, &invertible, prev_literal).await?;
+        for w in of_source.iter().filter(|w| !w.c.invertible()) {
+            recompute_extremes(tx, &t, &names, w, prev_literal).await?;
+        }
     }
     // Drop partial aggregates of metrics no longer in the spec.
     let kept: Vec<String> = compiled.iter().map(|c| c.name.clone()).collect();
@@ -412,14 +414,17 @@ pub async fn refresh(
         .map(str::to_string)
         .collect();
     for metric in &stale {
+        for table in [&t.rollup, &t.window] {
+            tx.execute(&format!("DELETE FROM {table} WHERE metric = $1"), &[metric])
+                .await?;
+        }
         tx.execute(
-            &format!("DELETE FROM {} WHERE metric = $1", t.rollup),
-            &[metric],
-        )
-        .await?;
-        tx.execute(
-            &format!("DELETE FROM {} WHERE key = $1 OR key = $2", t.state),
-            &[&format!("def:{metric}"), &format!("from:{metric}")],
+            &format!("DELETE FROM {} WHERE key = ANY($1)", t.state),
+            &[&vec![
+                format!("def:{metric}"),
+                format!("from:{metric}"),
+                format!("win:{metric}"),
+            ]],
         )
         .await?;
         path = RefreshPath::Full;
@@ -428,11 +433,7 @@ pub async fn refresh(
         for source in &spec.sources {
             // Every logged change this snapshot sees has been applied.
             tx.execute(
-                &format!(
-                    "DELETE FROM {}.{}",
-                    t.schema,
-                    quote_ident(&names.changes(source.name.as_str()))
-                ),
+                &format!("DELETE FROM {}", t.log(&names, source.name.as_str())),
                 &[],
             )
             .await?;
@@ -463,8 +464,8 @@ pub async fn refresh(
             .await?;
     }
 
-    let (sampled, mismatched) = if path == RefreshPath::Unchanged {
-        (0, 0)
+    let sample = if path == RefreshPath::Unchanged {
+        Sample::default()
     } else {
         verify_sample(tx, &t, &compiled, sample_keys).await?
     };
@@ -474,26 +475,69 @@ pub async fn refresh(
         state.set("snapshot", current);
     }
 
-    // Results: recomputed when anything changed or a window moved on.
-    let results_key = results_fingerprint(&compiled, spec);
-    let results_state = format!("{results_key}@{anchor}");
-    let reuse = path == RefreshPath::Unchanged
-        && mismatched == 0
-        && state.get("results") == Some(&results_state);
-    if !reuse {
-        for c in &compiled {
+    // Windows that moved on, were rebuilt or repaired, or hold a minimum or
+    // maximum that changed, are merged again from the rollup.
+    let mut windows_rebuilt = false;
+    for w in &work {
+        let stale = !w.window_kept
+            || (!w.c.invertible() && w.changed())
+            || sample.repaired.contains(&w.c.name);
+        if !stale {
+            continue;
+        }
+        if !all_rebuilt {
             tx.execute(
                 &format!(
-                    "INSERT INTO {} (refreshed_at, metric, partner, dimensions, value, samples) \
-                     SELECT now(), {}, * FROM ({}) AS computed",
-                    t.results,
-                    compile::string_literal(&c.name),
-                    c.results_select(&t.rollup)
+                    "DELETE FROM {} WHERE metric = {}",
+                    t.window,
+                    compile::string_literal(&w.c.name)
                 ),
                 &[],
             )
             .await?;
         }
+        tx.execute(
+            &format!(
+                "INSERT INTO {} ({}) {}",
+                t.window,
+                compile::WINDOW_COLUMNS,
+                w.c.window_select(&t.rollup)
+            ),
+            &[],
+        )
+        .await?;
+        state.set(format!("win:{}", w.c.name), w.window_start.clone());
+        windows_rebuilt = true;
+    }
+
+    // Results: recomputed when anything changed or a window moved on.
+    let results_key = results_fingerprint(&compiled, spec);
+    let results_state = format!("{results_key}@{anchor}");
+    let reuse = path == RefreshPath::Unchanged
+        && !windows_rebuilt
+        && sample.mismatched == 0
+        && state.get("results") == Some(&results_state);
+    if !reuse {
+        let computed: Vec<String> = compiled
+            .iter()
+            .map(|c| {
+                format!(
+                    "SELECT {}, * FROM ({}) AS computed",
+                    compile::string_literal(&c.name),
+                    c.results_select(&t.window)
+                )
+            })
+            .collect();
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (refreshed_at, metric, partner, dimensions, value, samples) \
+                 SELECT now(), * FROM ({}) AS all_metrics",
+                t.results,
+                computed.join(" UNION ALL ")
+            ),
+            &[],
+        )
+        .await?;
         tx.execute(
             &format!(
                 "DELETE FROM {r} WHERE refreshed_at < now() - interval '{RESULT_RETENTION}' \
@@ -511,10 +555,189 @@ pub async fn refresh(
         metrics,
         path,
         changed_rows,
-        sampled_buckets: sampled,
-        mismatched_buckets: mismatched,
+        sampled_buckets: sample.sampled,
+        mismatched_buckets: sample.mismatched,
         result_table: t.results.clone(),
     })
+}
+
+/// Applies what changed in `source` to the rollup and window table of the
+/// invertible metrics in `work`, in one statement: the signed rows are read
+/// once, each metric's change per key is added, and keys left with no row
+/// are deleted.
+async fn apply_signed(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    names: &DerivedNames,
+    source: &crate::api::metric::Source,
+    work: &[&MetricWork<'_>],
+    prev: &str,
+) -> Result<(), SqlError> {
+    if work.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<String> = source
+        .columns
+        .iter()
+        .map(|c| quote_ident(c.name.as_str()))
+        .collect();
+    let rows = signed_rows(
+        &t.source(source.name.as_str()),
+        &t.log(names, source.name.as_str()),
+        &columns.join(", "),
+        prev,
+        work.iter().any(|w| w.inserted > 0),
+        work.iter().any(|w| w.logged > 0),
+    );
+    let deltas: Vec<String> = work
+        .iter()
+        .map(|w| {
+            w.c.delta_select("_pp_rows", &w.c.retained(&horizon::literal(w.from)))
+        })
+        .collect();
+    let added = |table: &str| {
+        format!(
+            "n = {table}.n + excluded.n, m = {table}.m + excluded.m, s = {table}.s + excluded.s"
+        )
+    };
+    let mut statement = format!(
+        "WITH _pp_rows AS MATERIALIZED ({rows}), \
+         _pp_delta ({cols}) AS MATERIALIZED ({deltas}), \
+         _pp_r AS (INSERT INTO {rollup} ({cols}) SELECT * FROM _pp_delta \
+         ON CONFLICT (metric, bucket, partner, dims, k, v) DO UPDATE SET {set} RETURNING ctid, n)",
+        cols = compile::ROLLUP_COLUMNS,
+        deltas = deltas.join(" UNION ALL "),
+        rollup = t.rollup,
+        set = added(&t.rollup),
+    );
+    let in_window: Vec<String> = work
+        .iter()
+        .filter(|w| w.window_kept)
+        .map(|w| {
+            format!(
+                "(metric = {} AND {})",
+                compile::string_literal(&w.c.name),
+                w.c.in_window("bucket")
+            )
+        })
+        .collect();
+    let mut zero = "SELECT 'r', ctid::text FROM _pp_r WHERE n = 0".to_string();
+    if !in_window.is_empty() {
+        statement.push_str(&format!(
+            ", _pp_w AS (INSERT INTO {window} ({cols}) \
+             SELECT metric, partner, dims, k, v, sum(n)::bigint, sum(m)::bigint, sum(s), NULL::numeric, NULL::numeric \
+             FROM _pp_delta WHERE {filter} GROUP BY 1, 2, 3, 4, 5 \
+             ON CONFLICT (metric, partner, dims, k, v) DO UPDATE SET {set} RETURNING ctid, n)",
+            window = t.window,
+            cols = compile::WINDOW_COLUMNS,
+            filter = in_window.join(" OR "),
+            set = added(&t.window),
+        ));
+        zero.push_str(" UNION ALL SELECT 'w', ctid::text FROM _pp_w WHERE n = 0");
+    }
+    let emptied = tx.query(&format!("{statement} {zero}"), &[]).await?;
+    for (label, table) in [("r", &t.rollup), ("w", &t.window)] {
+        let rows: Vec<String> = emptied
+            .iter()
+            .filter(|r| r.get::<_, &str>(0) == label)
+            .map(|r| r.get(1))
+            .collect();
+        if !rows.is_empty() {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE ctid = ANY($1::text[]::tid[]) AND n = 0"),
+                &[&rows],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A minimum or maximum: the keys of updated and deleted rows are
+/// recomputed from raw rows, and inserted rows elsewhere merged.
+async fn recompute_extremes(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    names: &DerivedNames,
+    w: &MetricWork<'_>,
+    prev: &str,
+) -> Result<(), SqlError> {
+    let c = w.c;
+    let table = t.source(&c.source);
+    let name = compile::string_literal(&c.name);
+    let keys = format!("{}.{}", t.schema, quote_ident(&names.keys));
+    // The work table's columns under names no source column can have.
+    let keyed_as = format!(
+        "(SELECT metric AS _pp_metric, partner AS _pp_partner, bucket AS _pp_bucket, lo AS _pp_lo, hi AS _pp_hi FROM {keys})"
+    );
+    if w.logged > 0 {
+        tx.execute(
+            &format!(
+                "INSERT INTO {keys} (metric, partner, bucket, lo, hi) SELECT {name}, * FROM ({}) AS k",
+                changed_keys(c, &t.log(names, &c.source), prev, &horizon::literal(w.from))
+            ),
+            &[],
+        )
+        .await?;
+        // Analysed so that reading the keys back uses the indexes.
+        tx.batch_execute(&format!("ANALYZE {keys}")).await?;
+        tx.execute(
+            &format!(
+                "DELETE FROM {r} USING {keyed_as} AS k WHERE k._pp_metric = {name} AND {r}.metric = {name} \
+                 AND {r}.bucket = k._pp_bucket AND {r}.partner = k._pp_partner",
+                r = t.rollup
+            ),
+            &[],
+        )
+        .await?;
+        let from = format!(
+            "{table} JOIN {keyed_as} AS k ON k._pp_metric = {name} AND {} AND {time} >= k._pp_lo AND {time} < k._pp_hi",
+            c.partner_equals("k._pp_partner"),
+            time = c.time_of()
+        );
+        tx.execute(
+            &format!(
+                "INSERT INTO {} ({}) {}",
+                t.rollup,
+                compile::ROLLUP_COLUMNS,
+                c.rollup_select(&from, &format!("{} = k._pp_bucket", c.bucket_of()))
+            ),
+            &[],
+        )
+        .await?;
+    }
+    if w.inserted > 0 {
+        let mut fresh = format!(
+            "{} AND {}",
+            written_since(prev),
+            c.retained(&horizon::literal(w.from))
+        );
+        if w.logged > 0 {
+            // Rows in recomputed keys were counted from raw rows above.
+            fresh.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM {keyed_as} AS k WHERE k._pp_metric = {name} \
+                 AND k._pp_partner = {} AND k._pp_bucket = {})",
+                c.partner_of(),
+                c.bucket_of()
+            ));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {r} ({cols}) {select} ON CONFLICT (metric, partner, dims, bucket, k, v) DO UPDATE SET \
+                 n = {r}.n + excluded.n, m = {r}.m + excluded.m, s = {r}.s + excluded.s, \
+                 lo = least({r}.lo, excluded.lo), hi = greatest({r}.hi, excluded.hi)",
+                r = t.rollup,
+                cols = compile::ROLLUP_COLUMNS,
+                select = c.rollup_select(&table, &fresh)
+            ),
+            &[],
+        )
+        .await?;
+    }
+    if w.logged > 0 {
+        tx.execute(&format!("DELETE FROM {keys}"), &[]).await?;
+    }
+    Ok(())
 }
 
 fn results_fingerprint(compiled: &[Compiled], spec: &MetricPipelineSpec) -> String {
@@ -527,16 +750,26 @@ fn results_fingerprint(compiled: &[Compiled], spec: &MetricPipelineSpec) -> Stri
     hex::encode(&hasher.finalize()[..8])
 }
 
+/// What the sampled check found.
+#[derive(Debug, Default)]
+struct Sample {
+    sampled: i64,
+    mismatched: i64,
+    /// Metrics with a key that differed (and was replaced).
+    repaired: std::collections::BTreeSet<String>,
+}
+
 /// Re-derives `count` random (metric, partner, bucket) keys from raw rows;
-/// a key that differs is replaced. Returns (sampled, mismatched).
+/// a key that differs is replaced.
 async fn verify_sample(
     tx: &Transaction<'_>,
     t: &Tables,
     compiled: &[Compiled],
     count: usize,
-) -> Result<(i64, i64), SqlError> {
+) -> Result<Sample, SqlError> {
+    let mut sample = Sample::default();
     if count == 0 {
-        return Ok((0, 0));
+        return Ok(sample);
     }
     let picks = tx
         .query(
@@ -559,7 +792,6 @@ async fn verify_sample(
     } else {
         picks
     };
-    let mut mismatched = 0;
     for pick in &picks {
         let (metric, partner, bucket): (String, String, String) =
             (pick.get(0), pick.get(1), pick.get(2));
@@ -577,7 +809,10 @@ async fn verify_sample(
             c.bucket_of(),
             time = c.time_of()
         );
-        let canonical = "SELECT dims::text, k, v, n, m, s::text, lo::text, hi::text FROM";
+        // Sums compared by value: taking rows back out can leave a sum
+        // with more decimal places than adding up the rows left gives.
+        let canonical =
+            "SELECT dims::text, k, v, n, m, trim_scale(s)::text, lo::text, hi::text FROM";
         let order = "ORDER BY 1, 2, 3";
         let raw = tx
             .query(
@@ -615,7 +850,8 @@ async fn verify_sample(
                 .collect()
         };
         if rows(&raw) != rows(&kept) {
-            mismatched += 1;
+            sample.mismatched += 1;
+            sample.repaired.insert(metric.clone());
             tx.execute(
                 &format!("DELETE FROM {} WHERE metric = $1 AND partner = $2 AND bucket = $3::text::timestamp", t.rollup),
                 &[&metric, &partner, &bucket],
@@ -633,7 +869,8 @@ async fn verify_sample(
             .await?;
         }
     }
-    Ok((picks.len() as i64, mismatched))
+    sample.sampled = picks.len() as i64;
+    Ok(sample)
 }
 
 /// The latest refresh's values, with objectives judged.

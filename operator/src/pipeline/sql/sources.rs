@@ -5,18 +5,21 @@
 //!
 //! Every source table carries `_pp_xid`, the transaction that inserted the
 //! row (a default), found through a BRIN index that costs an insert almost
-//! nothing; a trigger logs the partner and time of each deleted row, and
-//! of each updated row before and after, to a change table. A refresh so
-//! finds exactly what changed since the previous one. Updates keep the
-//! row's `_pp_xid`: updated rows stay where they were in the table, which
-//! would otherwise spread recent transactions over every block range.
+//! nothing; a trigger logs each deleted row, and each updated row before
+//! and after, to a change table with the source's columns. A refresh so
+//! finds exactly what changed since the previous one, and what each change
+//! added and took away. Updates keep the row's `_pp_xid`: updated rows stay
+//! where they were in the table, which would otherwise spread recent
+//! transactions over every block range.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
 
 use super::compile::{sql_type, string_literal};
-use super::names::{DerivedNames, XID_COLUMN, XID_NUMBER, source_marker};
+use super::names::{
+    DerivedNames, LOG_ROW, LOG_SIGN, LOG_TRUNCATED, LOG_XID, XID_COLUMN, XID_NUMBER, source_marker,
+};
 use super::{PipelineKey, SqlError, Target};
 use crate::api::metric::Source;
 use crate::api::pipeline::MetricPipelineSpec;
@@ -53,12 +56,45 @@ pub struct Plan {
     pub rebuild: bool,
 }
 
-fn capture_of(names: &DerivedNames, source: &Source) -> String {
-    names.capture(
-        source.name.as_str(),
-        source.partner_column.as_str(),
-        source.time_column.as_str(),
-    )
+/// The capture function of `source`: its name and its body. An update
+/// logs the row before (sign -1) and after (+1) and keeps the row's insert
+/// transaction; a delete logs the row before; a `TRUNCATE` logs that it
+/// happened. The images let a refresh take an old row's contribution back
+/// out and add the new one's without reading anything else.
+fn capture_of(schema: &str, names: &DerivedNames, source: &Source) -> (String, String) {
+    let log = format!(
+        "{}.{}",
+        quote_ident(schema),
+        quote_ident(&names.changes(source.name.as_str()))
+    );
+    let columns: Vec<String> = source
+        .columns
+        .iter()
+        .map(|c| quote_ident(c.name.as_str()))
+        .collect();
+    let image = |sign: i32, row: &str| {
+        let values: Vec<String> = columns.iter().map(|c| format!("{row}.{c}")).collect();
+        format!("({sign}, OLD.{XID_COLUMN}, {})", values.join(", "))
+    };
+    let into = format!("{log} ({LOG_SIGN}, {LOG_ROW}, {})", columns.join(", "));
+    let body = format!(
+        "BEGIN\n\
+         \x20 IF TG_OP = 'TRUNCATE' THEN\n\
+         \x20   INSERT INTO {log} ({LOG_TRUNCATED}) VALUES (true);\n\
+         \x20   RETURN NULL;\n\
+         \x20 END IF;\n\
+         \x20 IF TG_OP = 'DELETE' THEN\n\
+         \x20   INSERT INTO {into} VALUES {old};\n\
+         \x20   RETURN OLD;\n\
+         \x20 END IF;\n\
+         \x20 NEW.{XID_COLUMN} := OLD.{XID_COLUMN};\n\
+         \x20 INSERT INTO {into} VALUES {old}, {new};\n\
+         \x20 RETURN NEW;\n\
+         END",
+        old = image(-1, "OLD"),
+        new = image(1, "NEW"),
+    );
+    (names.capture(source.name.as_str(), &body), body)
 }
 
 fn indexes_of(names: &DerivedNames, source: &Source) -> [String; 3] {
@@ -210,7 +246,8 @@ fn capture_statements(
     let table = source.name.as_str();
     let qualified = format!("{s}.{}", quote_ident(table));
     let changes = names.changes(table);
-    let function = capture_of(names, source);
+    let log = format!("{s}.{}", quote_ident(&changes));
+    let (function, body) = capture_of(schema, names, source);
     // A capture function or index for other partner or time columns is
     // dropped (with its triggers) before the current one is made.
     for stale in catalog
@@ -232,34 +269,10 @@ fn capture_statements(
         out.statements
             .push(format!("DROP INDEX {s}.{}", quote_ident(stale)));
     }
-    if !catalog.tables.contains_key(&changes) {
-        out.statements.push(format!(
-            "CREATE TABLE {s}.{} (partner text, at timestamptz, truncated boolean NOT NULL DEFAULT false, \
-             xid xid8 NOT NULL DEFAULT pg_current_xact_id())",
-            quote_ident(&changes)
-        ));
-    }
+    log_statements(out, &log, source, catalog.tables.get(&changes));
     if !catalog.functions.contains(&function) {
-        let partner = quote_ident(source.partner_column.as_str());
-        let time = quote_ident(source.time_column.as_str());
-        let log = format!("{s}.{}", quote_ident(&changes));
         out.statements.push(format!(
-            "CREATE OR REPLACE FUNCTION {s}.{f}() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $capture$\n\
-             BEGIN\n\
-               IF TG_OP = 'TRUNCATE' THEN\n\
-                 INSERT INTO {log} (truncated) VALUES (true);\n\
-                 RETURN NULL;\n\
-               END IF;\n\
-               INSERT INTO {log} (partner, at) VALUES (OLD.{partner}::text, OLD.{time});\n\
-               IF TG_OP = 'UPDATE' THEN\n\
-                 IF (NEW.{partner}::text, NEW.{time}) IS DISTINCT FROM (OLD.{partner}::text, OLD.{time}) THEN\n\
-                   INSERT INTO {log} (partner, at) VALUES (NEW.{partner}::text, NEW.{time});\n\
-                 END IF;\n\
-                 RETURN NEW;\n\
-               END IF;\n\
-               RETURN OLD;\n\
-             END\n\
-             $capture$",
+            "CREATE OR REPLACE FUNCTION {s}.{f}() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $capture$\n{body}\n$capture$",
             f = quote_ident(&function)
         ));
     }
@@ -300,13 +313,70 @@ fn capture_statements(
     }
 }
 
+/// The change log of `source` as `observed`, brought to hold the source's
+/// columns.
+fn log_statements(out: &mut Plan, log: &str, source: &Source, observed: Option<&Observed>) {
+    match observed {
+        Some(observed) if observed.columns.contains_key(LOG_SIGN) => {
+            for c in &source.columns {
+                let (name, want) = (quote_ident(c.name.as_str()), sql_type(c.type_));
+                match observed.columns.get(c.name.as_str()) {
+                    None => out
+                        .statements
+                        .push(format!("ALTER TABLE {log} ADD COLUMN {name} {want}")),
+                    // The source's retype rebuilds every metric; logged
+                    // values of the column are not read again.
+                    Some(have) if have != want => out.statements.push(format!(
+                        "ALTER TABLE {log} ALTER COLUMN {name} TYPE {want} USING NULL"
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for have in observed.columns.keys().filter(|have| {
+                ![LOG_XID, LOG_TRUNCATED, LOG_SIGN, LOG_ROW].contains(&have.as_str())
+                    && !source.columns.iter().any(|c| c.name.as_str() == *have)
+            }) {
+                out.statements.push(format!(
+                    "ALTER TABLE {log} DROP COLUMN {}",
+                    quote_ident(have)
+                ));
+            }
+        }
+        older => {
+            if older.is_some() {
+                // A log of keys only, from an earlier version: what it
+                // holds cannot be applied as signed rows, so it goes and
+                // every metric is rebuilt once.
+                out.statements.push(format!("DROP TABLE {log}"));
+                out.rebuild = true;
+            }
+            let columns: Vec<String> = source
+                .columns
+                .iter()
+                .map(|c| format!("{} {}", quote_ident(c.name.as_str()), sql_type(c.type_)))
+                .collect();
+            out.statements.push(format!(
+                "CREATE TABLE {log} ({LOG_XID} xid8 NOT NULL DEFAULT pg_current_xact_id(), \
+                 {LOG_TRUNCATED} boolean NOT NULL DEFAULT false, {LOG_SIGN} smallint, {LOG_ROW} xid8, {})",
+                columns.join(", ")
+            ));
+        }
+    }
+}
+
+/// Room left in each page of the rollup and window tables, so that adding
+/// a change to a key's counts can rewrite the row in its page without
+/// touching the indexes (a HOT update).
+const DERIVED_FILLFACTOR: u32 = 80;
+
 fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalog: &Catalog) {
     let s = quote_ident(schema);
     let rollup = format!("{s}.{}", quote_ident(&names.rollup));
     if !catalog.tables.contains_key(&names.rollup) {
         out.statements.push(format!(
             "CREATE TABLE {rollup} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, bucket timestamp NOT NULL, \
-             k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric)"
+             k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric) \
+             WITH (fillfactor = {DERIVED_FILLFACTOR})"
         ));
     }
     // Earlier versions kept two indexes; one ordered by bucket does both jobs.
@@ -331,6 +401,18 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
             "CREATE UNLOGGED TABLE {s}.{} (metric text NOT NULL, partner text NOT NULL, bucket timestamp NOT NULL, \
              lo timestamptz NOT NULL, hi timestamptz NOT NULL)",
             quote_ident(&names.keys)
+        ));
+    }
+    if !catalog.tables.contains_key(&names.window) {
+        let window = format!("{s}.{}", quote_ident(&names.window));
+        out.statements.push(format!(
+            "CREATE TABLE {window} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, \
+             k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric) \
+             WITH (fillfactor = {DERIVED_FILLFACTOR})"
+        ));
+        out.statements.push(format!(
+            "CREATE UNIQUE INDEX {} ON {window} (metric, partner, dims, k, v) NULLS NOT DISTINCT",
+            quote_ident(&format!("{}_key", names.window))
         ));
     }
     if !catalog.tables.contains_key(&names.results) {
@@ -563,19 +645,42 @@ metrics:
                     comment: Some(source_marker(&key())),
                 },
             );
-            catalog
-                .tables
-                .insert(names.changes(source.name.as_str()), Observed::default());
-            catalog.functions.insert(capture_of(&names, source));
-            catalog
-                .triggers
-                .extend(trigger_names(&capture_of(&names, source)));
+            let mut logged: BTreeMap<String, String> = source
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str().to_string(), sql_type(c.type_).to_string()))
+                .collect();
+            for (column, type_) in [
+                (LOG_XID, "xid8"),
+                (LOG_TRUNCATED, "boolean"),
+                (LOG_SIGN, "smallint"),
+                (LOG_ROW, "xid8"),
+            ] {
+                logged.insert(column.into(), type_.into());
+            }
+            catalog.tables.insert(
+                names.changes(source.name.as_str()),
+                Observed {
+                    columns: logged,
+                    comment: None,
+                },
+            );
+            let (function, _) = capture_of("t", &names, source);
+            catalog.functions.insert(function.clone());
+            catalog.triggers.extend(trigger_names(&function));
             catalog.indexes.extend(indexes_of(&names, source));
         }
-        for t in [&names.rollup, &names.results, &names.state, &names.keys] {
+        for t in [
+            &names.rollup,
+            &names.results,
+            &names.state,
+            &names.keys,
+            &names.window,
+        ] {
             catalog.tables.insert(t.clone(), Observed::default());
         }
         catalog.indexes.insert(names.rollup_key.clone());
+        catalog.indexes.insert(format!("{}_key", names.window));
         catalog
     }
 
@@ -639,9 +744,53 @@ metrics:
         let before = spec("", false);
         let after = spec("      - {name: region, type: Text}", false);
         let plan = plan("t", &key(), &after, &applied(&before)).unwrap();
+        let names = DerivedNames::new(&key());
+        let log = names.changes("orders");
         assert_eq!(
-            plan.statements,
-            ["ALTER TABLE \"t\".\"orders\" ADD COLUMN \"region\" text"]
+            plan.statements[..3],
+            [
+                "ALTER TABLE \"t\".\"orders\" ADD COLUMN \"region\" text".to_string(),
+                format!(
+                    "DROP FUNCTION \"t\".\"{}\"() CASCADE",
+                    capture_of("t", &names, &before.sources[0]).0
+                ),
+                format!("ALTER TABLE \"t\".\"{log}\" ADD COLUMN \"region\" text"),
+            ]
+        );
+        // The new function logs the new column, and its triggers follow.
+        assert!(plan.statements[3].contains("NEW.\"region\")"));
+        assert_eq!(plan.statements.len(), 6, "{:#?}", plan.statements);
+        assert!(!plan.rebuild);
+        assert_eq!(
+            super::plan("t", &key(), &after, &applied(&after)).unwrap(),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn a_log_of_keys_only_is_replaced_and_every_metric_rebuilt() {
+        let s = spec("", false);
+        let mut before = applied(&s);
+        let names = DerivedNames::new(&key());
+        before.tables.insert(
+            names.changes("orders"),
+            Observed {
+                columns: [("partner", "text"), ("at", "timestamp with time zone")]
+                    .into_iter()
+                    .map(|(c, t)| (c.to_string(), t.to_string()))
+                    .collect(),
+                comment: None,
+            },
+        );
+        let plan = plan("t", &key(), &s, &before).unwrap();
+        assert!(plan.rebuild);
+        assert!(
+            plan.statements[0].starts_with("DROP TABLE"),
+            "{:?}",
+            plan.statements
+        );
+        assert!(
+            plan.statements[1].contains("_pp_sign smallint, _pp_row xid8, \"partner_id\" text")
         );
     }
 
@@ -673,7 +822,7 @@ metrics:
     }
 
     #[test]
-    fn a_new_time_column_replaces_the_capture_function_and_indexes() {
+    fn a_new_time_column_replaces_the_indexes_and_keeps_the_capture() {
         let before = spec("      - {name: closed_at, type: Timestamp}", false);
         let mut after = before.clone();
         after.sources[0].time_column = crate::api::metric::Identifier("closed_at".into());
@@ -681,8 +830,8 @@ metrics:
             .unwrap()
             .statements
             .join("\n");
-        assert!(text.contains("DROP FUNCTION"), "{text}");
-        assert!(text.contains("OLD.\"closed_at\""), "{text}");
+        // The capture logs every column, whichever is the time column.
+        assert!(!text.contains("FUNCTION"), "{text}");
         assert!(
             text.contains("DROP INDEX") && text.contains("(\"partner_id\", \"closed_at\")"),
             "{text}"
