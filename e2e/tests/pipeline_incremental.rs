@@ -339,3 +339,82 @@ async fn incremental_refreshes_equal_a_full_recompute_after_every_change() -> an
     }
     Ok(())
 }
+
+/// A refresh that changed something re-derives a slice of the window table
+/// from the rollup, and random rollup keys from raw rows: drift in either
+/// is counted (and what was checked repaired), never silent.
+#[tokio::test]
+async fn drift_in_the_window_or_the_rollup_is_found_and_counted() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let bed = setup(&testbed).await?;
+    let mut rng = Rng(5);
+    let table = format!("\"{}\".\"visits\"", bed.target.schema);
+    let names = DerivedNames::new(&bed.key);
+    let s = format!("\"{}\"", bed.target.schema);
+    let mut refresher = pg_admin(&testbed).await?;
+    let refresh = async |refresher: &mut Client| -> anyhow::Result<sql::RefreshReport> {
+        let tx = begin_refresh(refresher, &bed).await?;
+        sql::ensure(&tx, &bed.target, &bed.key, &bed.spec).await?;
+        let report = sql::refresh(&tx, &bed.target, &bed.key, &bed.spec, 4).await?;
+        tx.commit().await?;
+        Ok(report)
+    };
+    assert_eq!(refresh(&mut refresher).await?.path, RefreshPath::Full);
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 200, &table))
+        .await?;
+    assert_eq!(refresh(&mut refresher).await?.mismatched_buckets, 0);
+
+    // Every window row counts one row too many: whichever slice is checked
+    // differs from the rollup.
+    bed.admin
+        .batch_execute(&format!("UPDATE {s}.\"{}\" SET n = n + 1", names.window))
+        .await?;
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 1, &table))
+        .await?;
+    let report = refresh(&mut refresher).await?;
+    assert_eq!(report.path, RefreshPath::Incremental);
+    assert_eq!(
+        report.mismatched_buckets, 1,
+        "the checked window slice differed: {report:?}"
+    );
+
+    // Windows merged again from the rollup (as when they move on) agree
+    // with it.
+    bed.admin
+        .batch_execute(&format!(
+            "DELETE FROM {s}.\"{}\" WHERE key LIKE 'win:%'",
+            names.state
+        ))
+        .await?;
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 1, &table))
+        .await?;
+    let report = refresh(&mut refresher).await?;
+    assert_eq!(report.mismatched_buckets, 0, "{report:?}");
+    assert!(differences(&bed).await?.is_empty());
+
+    // Every rollup row counts one row too many: each sampled key differs
+    // (and the checked window slice too, unless its metric's window was
+    // merged again from the repaired rollup).
+    bed.admin
+        .batch_execute(&format!("UPDATE {s}.\"{}\" SET n = n + 1", names.rollup))
+        .await?;
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 1, &table))
+        .await?;
+    let report = refresh(&mut refresher).await?;
+    assert!(report.sampled_buckets >= 1, "{report:?}");
+    assert!(
+        (report.sampled_buckets..=report.sampled_buckets + 1).contains(&report.mismatched_buckets),
+        "every sampled key differed: {report:?}"
+    );
+    bed.admin
+        .batch_execute(&format!(
+            "DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{}\";",
+            bed.target.schema, bed.target.role
+        ))
+        .await?;
+    Ok(())
+}

@@ -52,6 +52,8 @@ pub struct DerivedNames {
     /// Each metric's partial aggregates merged over its current window,
     /// what results are computed from.
     pub window: String,
+    /// The window table's one index, unique per row.
+    pub window_key: String,
 }
 
 impl DerivedNames {
@@ -63,6 +65,7 @@ impl DerivedNames {
         Self {
             rollup: format!("{stem}_rollup"),
             rollup_key: format!("{stem}_rollup_bpk"),
+            window_key: format!("{stem}_window_key"),
             results: format!("{stem}_results"),
             state: format!("{stem}_state"),
             breaches: format!("{stem}_breaches"),

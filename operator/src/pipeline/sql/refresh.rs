@@ -24,11 +24,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::civil::DateTime;
 use tokio_postgres::Transaction;
 
-use super::compile::{self, Compiled};
+use super::compile::{self, Compiled, WINDOW_COLUMNS};
 use super::horizon::{self, Reach};
 use super::names::{
     DerivedNames, LOG_ROW, LOG_SIGN, LOG_TRUNCATED, LOG_XID, XID_COLUMN, XID_NUMBER,
 };
+use super::sources;
 use super::state::State;
 use super::{PipelineKey, SqlError, Target};
 use crate::api::metric::{Comparison, Objective};
@@ -337,12 +338,21 @@ pub async fn refresh(
         .values()
         .map(|(inserted, logged, _)| inserted + logged)
         .sum();
-    // When every metric is rebuilt the tables are emptied at once: rows
-    // inserted over deleted ones each pay a uniqueness check against them.
+    // When every metric is rebuilt the tables are emptied at once and their
+    // indexes built after the rows are in: one sorted build costs far less
+    // than an insert into the index per row (each with a uniqueness check,
+    // also against rows deleted before).
     let all_rebuilt = !work.is_empty() && work.iter().all(|w| w.rebuild);
     if all_rebuilt {
-        tx.batch_execute(&format!("TRUNCATE {}, {}", t.rollup, t.window))
-            .await?;
+        tx.batch_execute(&format!(
+            "TRUNCATE {}, {}; DROP INDEX IF EXISTS {s}.{}; DROP INDEX IF EXISTS {s}.{}",
+            t.rollup,
+            t.window,
+            quote_ident(&names.rollup_key),
+            quote_ident(&names.window_key),
+            s = t.schema
+        ))
+        .await?;
     }
     for w in &work {
         let c = w.c;
@@ -384,6 +394,10 @@ pub async fn refresh(
             .await?;
             state.set(format!("from:{}", c.name), horizon::text(w.from));
         }
+    }
+    if all_rebuilt {
+        tx.batch_execute(&sources::rollup_index(&target.schema, &names))
+            .await?;
     }
     let maintained: Vec<&MetricWork> = work.iter().filter(|w| !w.rebuild && w.changed()).collect();
     if !maintained.is_empty() {
@@ -464,7 +478,7 @@ pub async fn refresh(
             .await?;
     }
 
-    let sample = if path == RefreshPath::Unchanged {
+    let mut sample = if path == RefreshPath::Unchanged {
         Sample::default()
     } else {
         verify_sample(tx, &t, &compiled, sample_keys).await?
@@ -508,6 +522,18 @@ pub async fn refresh(
         .await?;
         state.set(format!("win:{}", w.c.name), w.window_start.clone());
         windows_rebuilt = true;
+    }
+
+    if all_rebuilt {
+        tx.batch_execute(&sources::window_index(&target.schema, &names))
+            .await?;
+    }
+    if path != RefreshPath::Unchanged
+        && sample_keys > 0
+        && let Some(metric) = verify_window(tx, &t, &compiled).await?
+    {
+        sample.mismatched += 1;
+        sample.repaired.insert(metric);
     }
 
     // Results: recomputed when anything changed or a window moved on.
@@ -750,6 +776,104 @@ fn results_fingerprint(compiled: &[Compiled], spec: &MetricPipelineSpec) -> Stri
     hex::encode(&hasher.finalize()[..8])
 }
 
+/// Partial aggregates as compared by the sampled checks. Sums compare by
+/// value: taking rows back out can leave a sum with more decimal places
+/// than adding up the rows left gives.
+const CANONICAL: &str =
+    "SELECT dims::text, k, v, n, m, trim_scale(s)::text, lo::text, hi::text FROM";
+
+fn canonical_rows(rows: &[tokio_postgres::Row]) -> Vec<String> {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{:?}|{}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, Option<String>>(2),
+                r.get::<_, i64>(3),
+                r.get::<_, i64>(4),
+                r.get::<_, Option<String>>(5),
+                r.get::<_, Option<String>>(6),
+                r.get::<_, Option<String>>(7)
+            )
+        })
+        .collect()
+}
+
+/// Re-derives one random (metric, partner) slice of the window table from
+/// the rollup; a slice that differs is replaced. Returns the metric whose
+/// slice differed.
+async fn verify_window(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    compiled: &[Compiled],
+) -> Result<Option<String>, SqlError> {
+    let mut pick = tx
+        .query_opt(
+            &format!(
+                "SELECT metric, partner FROM {} TABLESAMPLE SYSTEM (10) ORDER BY random() LIMIT 1",
+                t.window
+            ),
+            &[],
+        )
+        .await?;
+    if pick.is_none() {
+        pick = tx
+            .query_opt(
+                &format!(
+                    "SELECT metric, partner FROM {} ORDER BY random() LIMIT 1",
+                    t.window
+                ),
+                &[],
+            )
+            .await?;
+    }
+    let Some(pick) = pick else {
+        return Ok(None);
+    };
+    let (metric, partner): (String, String) = (pick.get(0), pick.get(1));
+    let Some(c) = compiled.iter().find(|c| c.name == metric) else {
+        return Ok(None);
+    };
+    let derived = format!(
+        "SELECT * FROM ({}) AS w({WINDOW_COLUMNS}) WHERE partner = $1",
+        c.window_select(&t.rollup)
+    );
+    let order = "ORDER BY 1, 2, 3";
+    let raw = tx
+        .query(
+            &format!("{CANONICAL} ({derived}) AS d {order}"),
+            &[&partner],
+        )
+        .await?;
+    let kept = tx
+        .query(
+            &format!(
+                "{CANONICAL} {} WHERE metric = $1 AND partner = $2 {order}",
+                t.window
+            ),
+            &[&metric, &partner],
+        )
+        .await?;
+    if canonical_rows(&raw) == canonical_rows(&kept) {
+        return Ok(None);
+    }
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE metric = $1 AND partner = $2",
+            t.window
+        ),
+        &[&metric, &partner],
+    )
+    .await?;
+    tx.execute(
+        &format!("INSERT INTO {} ({WINDOW_COLUMNS}) {derived}", t.window),
+        &[&partner],
+    )
+    .await?;
+    Ok(Some(metric))
+}
+
 /// What the sampled check found.
 #[derive(Debug, Default)]
 struct Sample {
@@ -809,10 +933,7 @@ async fn verify_sample(
             c.bucket_of(),
             time = c.time_of()
         );
-        // Sums compared by value: taking rows back out can leave a sum
-        // with more decimal places than adding up the rows left gives.
-        let canonical =
-            "SELECT dims::text, k, v, n, m, trim_scale(s)::text, lo::text, hi::text FROM";
+        let canonical = CANONICAL;
         let order = "ORDER BY 1, 2, 3";
         let raw = tx
             .query(
@@ -832,24 +953,7 @@ async fn verify_sample(
                 &[&metric, &partner, &bucket],
             )
             .await?;
-        let rows = |rows: &[tokio_postgres::Row]| -> Vec<String> {
-            rows.iter()
-                .map(|r| {
-                    format!(
-                        "{:?}|{}|{:?}|{}|{}|{:?}|{:?}|{:?}",
-                        r.get::<_, String>(0),
-                        r.get::<_, i64>(1),
-                        r.get::<_, Option<String>>(2),
-                        r.get::<_, i64>(3),
-                        r.get::<_, i64>(4),
-                        r.get::<_, Option<String>>(5),
-                        r.get::<_, Option<String>>(6),
-                        r.get::<_, Option<String>>(7)
-                    )
-                })
-                .collect()
-        };
-        if rows(&raw) != rows(&kept) {
+        if canonical_rows(&raw) != canonical_rows(&kept) {
             sample.mismatched += 1;
             sample.repaired.insert(metric.clone());
             tx.execute(

@@ -364,6 +364,27 @@ fn log_statements(out: &mut Plan, log: &str, source: &Source, observed: Option<&
     }
 }
 
+/// The rollup's unique index: window reads, key deletes and upserts all
+/// use it.
+pub(super) fn rollup_index(schema: &str, names: &DerivedNames) -> String {
+    format!(
+        "CREATE UNIQUE INDEX {} ON {}.{} (metric, bucket, partner, dims, k, v) NULLS NOT DISTINCT",
+        quote_ident(&names.rollup_key),
+        quote_ident(schema),
+        quote_ident(&names.rollup)
+    )
+}
+
+/// The window table's unique index, what its upserts conflict on.
+pub(super) fn window_index(schema: &str, names: &DerivedNames) -> String {
+    format!(
+        "CREATE UNIQUE INDEX {} ON {}.{} (metric, partner, dims, k, v) NULLS NOT DISTINCT",
+        quote_ident(&names.window_key),
+        quote_ident(schema),
+        quote_ident(&names.window)
+    )
+}
+
 /// Room left in each page of the rollup and window tables, so that adding
 /// a change to a key's counts can rewrite the row in its page without
 /// touching the indexes (a HOT update).
@@ -390,10 +411,7 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
         }
     }
     if !catalog.indexes.contains(&names.rollup_key) {
-        out.statements.push(format!(
-            "CREATE UNIQUE INDEX {} ON {rollup} (metric, bucket, partner, dims, k, v) NULLS NOT DISTINCT",
-            quote_ident(&names.rollup_key)
-        ));
+        out.statements.push(rollup_index(schema, names));
     }
     if !catalog.tables.contains_key(&names.keys) {
         // Unlogged: it is emptied before every commit.
@@ -410,10 +428,7 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
              k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric) \
              WITH (fillfactor = {DERIVED_FILLFACTOR})"
         ));
-        out.statements.push(format!(
-            "CREATE UNIQUE INDEX {} ON {window} (metric, partner, dims, k, v) NULLS NOT DISTINCT",
-            quote_ident(&format!("{}_key", names.window))
-        ));
+        out.statements.push(window_index(schema, names));
     }
     if !catalog.tables.contains_key(&names.results) {
         let t = format!("{s}.{}", quote_ident(&names.results));
@@ -680,7 +695,7 @@ metrics:
             catalog.tables.insert(t.clone(), Observed::default());
         }
         catalog.indexes.insert(names.rollup_key.clone());
-        catalog.indexes.insert(format!("{}_key", names.window));
+        catalog.indexes.insert(names.window_key.clone());
         catalog
     }
 
