@@ -554,6 +554,11 @@ impl Compiled {
         self.partials_select(from, extra, None)
     }
 
+    /// Whether the metric is split by group-by columns.
+    pub fn has_dimensions(&self) -> bool {
+        self.has_dimensions
+    }
+
     /// Whether every partial aggregate of this kind can be taken back out
     /// (count, sums, bins, distinct values); a minimum or maximum cannot.
     pub fn invertible(&self) -> bool {
@@ -702,13 +707,6 @@ impl Compiled {
     /// The metric's value and sample count per `keys` (expression, alias),
     /// from the partial aggregates `scope` selects (rollup columns).
     pub fn value_select(&self, scope: &str, keys: &[(String, &str)]) -> String {
-        self.value_select_from(scope, keys, true)
-    }
-
-    /// [`Self::value_select`]; with `merge_bins` false, `scope` holds one
-    /// row per key and bin already, so a percentile's bins are read as
-    /// they are rather than summed first.
-    fn value_select_from(&self, scope: &str, keys: &[(String, &str)], merge_bins: bool) -> String {
         let select_keys: String = keys.iter().map(|(e, a)| format!("{e} AS {a}, ")).collect();
         let aliases: Vec<&str> = keys.iter().map(|(_, a)| *a).collect();
         let group_by = |extra: &str| {
@@ -735,16 +733,11 @@ impl Compiled {
                  WHEN min(k) < 0 THEN -2 * power({g}::float8, -min(k) - {o}) / ({g} + 1) ELSE 0 END)::float8 AS value, \
                  coalesce(max(tot), 0)::bigint AS samples FROM (\
                  SELECT {alias_list}k, sum(c) OVER ({partition}ORDER BY k) AS cum, sum(c) OVER ({partition_all}) AS tot FROM (\
-                 SELECT {select_keys}k, {c} AS c {scope}{gk}) AS bins) AS ranked \
+                 SELECT {select_keys}k, sum(n) AS c {scope}{gk}) AS bins) AS ranked \
                  WHERE cum >= ceil({p} * tot / 100.0){gb}",
                 o = BIN_OFFSET,
                 partition_all = partition.trim_end(),
-                c = if merge_bins { "sum(n)" } else { "n" },
-                gk = if merge_bins {
-                    group_by("k")
-                } else {
-                    String::new()
-                },
+                gk = group_by("k"),
                 gb = group_by(""),
             );
         }
@@ -784,7 +777,9 @@ impl Compiled {
 
     /// Rows for the result table — (partner, dimensions, value, samples) over
     /// all partners, per partner, and per dimension value when grouped —
-    /// from the metric's rows of the window table.
+    /// from the metric's rows of the window table. A refresh merges a
+    /// percentile's bins itself (`percentile::levels`, the same rank); this
+    /// SQL still states it, for its fingerprint and for anyone reading it.
     pub fn results_select(&self, window_table: &str) -> String {
         let scope = format!(
             "FROM {window_table} WHERE metric = {}",
@@ -797,15 +792,9 @@ impl Compiled {
                 "SELECT {none}, {empty}, value, samples FROM ({}) AS overall",
                 self.value_select(&scope, &[])
             ),
-            // Without dimensions the window table holds one row per partner
-            // and bin.
             format!(
                 "SELECT partner, {empty}, value, samples FROM ({}) AS per_partner",
-                self.value_select_from(
-                    &scope,
-                    &[("partner".into(), "partner")],
-                    self.has_dimensions || self.distinct.is_some()
-                )
+                self.value_select(&scope, &[("partner".into(), "partner")])
             ),
         ];
         if self.has_dimensions {

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod horizon;
 pub mod names;
+pub mod percentile;
 pub mod refresh;
 pub mod sources;
 pub mod state;

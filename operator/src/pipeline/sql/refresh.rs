@@ -29,6 +29,7 @@ use super::horizon::{self, Reach};
 use super::names::{
     DerivedNames, LOG_ROW, LOG_SIGN, LOG_TRUNCATED, LOG_XID, XID_COLUMN, XID_NUMBER,
 };
+use super::percentile;
 use super::sources;
 use super::state::State;
 use super::{PipelineKey, SqlError, Target};
@@ -544,26 +545,7 @@ pub async fn refresh(
         && sample.mismatched == 0
         && state.get("results") == Some(&results_state);
     if !reuse {
-        let computed: Vec<String> = compiled
-            .iter()
-            .map(|c| {
-                format!(
-                    "SELECT {}, * FROM ({}) AS computed",
-                    compile::string_literal(&c.name),
-                    c.results_select(&t.window)
-                )
-            })
-            .collect();
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (refreshed_at, metric, partner, dimensions, value, samples) \
-                 SELECT now(), * FROM ({}) AS all_metrics",
-                t.results,
-                computed.join(" UNION ALL ")
-            ),
-            &[],
-        )
-        .await?;
+        write_results(tx, &t, &compiled).await?;
         tx.execute(
             &format!(
                 "DELETE FROM {r} WHERE refreshed_at < now() - interval '{RESULT_RETENTION}' \
@@ -585,6 +567,66 @@ pub async fn refresh(
         mismatched_buckets: sample.mismatched,
         result_table: t.results.clone(),
     })
+}
+
+/// Adds every metric's values over its window to the result table, in one
+/// statement: percentiles from their bins as merged here, the rest in SQL.
+async fn write_results(
+    tx: &Transaction<'_>,
+    t: &Tables,
+    compiled: &[Compiled],
+) -> Result<(), SqlError> {
+    let mut computed: Vec<String> = vec![];
+    let mut metric: Vec<String> = vec![];
+    let mut partner: Vec<Option<String>> = vec![];
+    let mut dims: Vec<String> = vec![];
+    let mut value: Vec<Option<f64>> = vec![];
+    let mut samples: Vec<i64> = vec![];
+    for c in compiled {
+        let Some(p) = c.percentile else {
+            computed.push(format!(
+                "SELECT {}, * FROM ({}) AS computed",
+                compile::string_literal(&c.name),
+                c.results_select(&t.window)
+            ));
+            continue;
+        };
+        let bins: Vec<percentile::Bin> = tx
+            .query(
+                &format!(
+                    "SELECT partner, dims::text, k, n FROM {} WHERE metric = $1",
+                    t.window
+                ),
+                &[&c.name],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        for (p, d, v, n) in percentile::levels(p, c.has_dimensions(), &bins) {
+            metric.push(c.name.clone());
+            partner.push(p);
+            dims.push(d);
+            value.push(v);
+            samples.push(n);
+        }
+    }
+    computed.push(
+        "SELECT m, p, d::jsonb, v, s FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int8[]) \
+         AS merged(m, p, d, v, s)"
+            .to_string(),
+    );
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (refreshed_at, metric, partner, dimensions, value, samples) \
+             SELECT now(), * FROM ({}) AS all_metrics",
+            t.results,
+            computed.join(" UNION ALL ")
+        ),
+        &[&metric, &partner, &dims, &value, &samples],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Applies what changed in `source` to the rollup and window table of the
