@@ -190,10 +190,19 @@ fn insert_rows(rng: &mut Rng, n: u64, table: &str) -> String {
             let done = if rng.below(10) == 0 { "NULL".to_string() } else {
                 format!("now() - interval '{minutes_ago} minutes' + interval '{hours} hours'")
             };
-            let amount = if rng.below(12) == 0 { "NULL".into() } else { format!("{}.{:02}", rng.below(500), rng.below(100)) };
-            let region = ["north", "south", "west", "east"][rng.below(4) as usize];
+            // Some amounts missing, a few not a number (never counted), and
+            // some regions missing (a distinct value that is NULL).
+            let amount = match rng.below(40) {
+                0..=2 => "NULL".into(),
+                3 => "'NaN'".into(),
+                _ => format!("{}.{:02}", rng.below(500), rng.below(100)),
+            };
+            let region = match rng.below(10) {
+                0 => "NULL".to_string(),
+                r => format!("'{}'", ["north", "south", "west", "east"][r as usize % 4]),
+            };
             let ok = rng.below(3) > 0;
-            format!("('{partner}', now() - interval '{minutes_ago} minutes', {done}, {amount}, {ok}, '{region}')")
+            format!("('{partner}', now() - interval '{minutes_ago} minutes', {done}, {amount}, {ok}, {region})")
         })
         .collect();
     format!(
@@ -365,20 +374,27 @@ async fn drift_in_the_window_or_the_rollup_is_found_and_counted() -> anyhow::Res
         .await?;
     assert_eq!(refresh(&mut refresher).await?.mismatched_buckets, 0);
 
-    // Every window row counts one row too many: whichever slice is checked
-    // differs from the rollup.
+    // Every window row counts one row too many. A refresh checks one random
+    // slice; a slice of a window merged again in that refresh (a minimum
+    // or maximum that changed, an hourly window that moved on) agrees, so
+    // a few refreshes may pass before a drifted one is picked.
     bed.admin
         .batch_execute(&format!("UPDATE {s}.\"{}\" SET n = n + 1", names.window))
         .await?;
-    bed.admin
-        .batch_execute(&insert_rows(&mut rng, 1, &table))
-        .await?;
-    let report = refresh(&mut refresher).await?;
-    assert_eq!(report.path, RefreshPath::Incremental);
-    assert_eq!(
-        report.mismatched_buckets, 1,
-        "the checked window slice differed: {report:?}"
-    );
+    let mut found = 0;
+    for _ in 0..30 {
+        bed.admin
+            .batch_execute(&insert_rows(&mut rng, 1, &table))
+            .await?;
+        let report = refresh(&mut refresher).await?;
+        assert_eq!(report.path, RefreshPath::Incremental);
+        assert!(report.mismatched_buckets <= 1, "{report:?}");
+        found += report.mismatched_buckets;
+        if found > 0 {
+            break;
+        }
+    }
+    assert_eq!(found, 1, "no refresh found the drifted window");
 
     // Windows merged again from the rollup (as when they move on) agree
     // with it.
@@ -395,9 +411,7 @@ async fn drift_in_the_window_or_the_rollup_is_found_and_counted() -> anyhow::Res
     assert_eq!(report.mismatched_buckets, 0, "{report:?}");
     assert!(differences(&bed).await?.is_empty());
 
-    // Every rollup row counts one row too many: each sampled key differs
-    // (and the checked window slice too, unless its metric's window was
-    // merged again from the repaired rollup).
+    // Every rollup row counts one row too many: every sampled key differs.
     bed.admin
         .batch_execute(&format!("UPDATE {s}.\"{}\" SET n = n + 1", names.rollup))
         .await?;
@@ -405,10 +419,25 @@ async fn drift_in_the_window_or_the_rollup_is_found_and_counted() -> anyhow::Res
         .batch_execute(&insert_rows(&mut rng, 1, &table))
         .await?;
     let report = refresh(&mut refresher).await?;
-    assert!(report.sampled_buckets >= 1, "{report:?}");
-    assert!(
-        (report.sampled_buckets..=report.sampled_buckets + 1).contains(&report.mismatched_buckets),
-        "every sampled key differed: {report:?}"
+    assert!(report.mismatched_buckets >= 1, "{report:?}");
+
+    // A schema change by an earlier transaction asks the next refresh to
+    // rebuild once more, and only once.
+    bed.admin
+        .batch_execute(&format!(
+            "INSERT INTO {s}.\"{}\" (key, value) VALUES ('{}', '1')",
+            names.state,
+            sql::sources::REBUILD_AFTER
+        ))
+        .await?;
+    assert_eq!(refresh(&mut refresher).await?.path, RefreshPath::Full);
+    assert!(differences(&bed).await?.is_empty());
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 1, &table))
+        .await?;
+    assert_eq!(
+        refresh(&mut refresher).await?.path,
+        RefreshPath::Incremental
     );
     bed.admin
         .batch_execute(&format!(

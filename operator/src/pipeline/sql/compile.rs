@@ -386,7 +386,11 @@ fn compile_metric(
         }
     };
     if let Some(m) = &measure {
-        conditions.push(format!("{m} IS NOT NULL"));
+        // NaN and infinities are not counted: they would never leave a sum
+        // again (NaN sorts above Infinity).
+        conditions.push(format!(
+            "{m} IS NOT NULL AND {m} < 'Infinity'::numeric AND {m} > '-Infinity'::numeric"
+        ));
     }
     let distinct = match a.kind {
         AggregateKind::CountDistinct => {

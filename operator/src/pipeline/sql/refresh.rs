@@ -237,6 +237,8 @@ pub async fn refresh(
             "(SELECT coalesce(json_object_agg(key, value), '{{}}') FROM {})::text",
             t.state
         ),
+        // Not assigning one: an idle refresh writes nothing.
+        "coalesce(pg_current_xact_id_if_assigned()::text, '')".to_string(),
     ];
     let format = compile::string_literal(horizon::TEXT_FORMAT);
     for c in &compiled {
@@ -248,18 +250,26 @@ pub async fn refresh(
         .await?;
     let (current, anchor): (String, String) = (row.get(0), row.get(1));
     let mut state = State::parse(&row.get::<_, String>(2))?;
+    let current_xid: String = row.get(3);
     let unreadable = || SqlError::Invalid {
         path: "spec.timeZone".into(),
         message: "Postgres printed a bucket time that is not a date and time".into(),
     };
     let mut starts = vec![];
     for i in 0..compiled.len() {
-        let needed = horizon::parse(&row.get::<_, String>(3 + 2 * i)).ok_or_else(unreadable)?;
-        let window = row.get::<_, String>(4 + 2 * i);
+        let needed = horizon::parse(&row.get::<_, String>(4 + 2 * i)).ok_or_else(unreadable)?;
+        let window = row.get::<_, String>(5 + 2 * i);
         horizon::parse(&window).ok_or_else(unreadable)?;
         starts.push((needed, window));
     }
-    let prev = state.get("snapshot").and_then(|s| snapshot_literal(s));
+    // A schema change by an earlier transaction asks for one more rebuild.
+    let rebuild_requested = state
+        .get(sources::REBUILD_AFTER)
+        .is_some_and(|xid| *xid != current_xid);
+    let prev = state
+        .get("snapshot")
+        .and_then(|s| snapshot_literal(s))
+        .filter(|_| !rebuild_requested);
 
     // What changed per source since the previous refresh, in one statement.
     let mut changes: BTreeMap<&str, (i64, i64, bool)> = BTreeMap::new();
@@ -484,6 +494,13 @@ pub async fn refresh(
     } else {
         verify_sample(tx, &t, &compiled, sample_keys).await?
     };
+    if rebuild_requested {
+        tx.execute(
+            &format!("DELETE FROM {} WHERE key = $1", t.state),
+            &[&sources::REBUILD_AFTER],
+        )
+        .await?;
+    }
     // With nothing new the previous snapshot still marks what was counted;
     // keeping it makes an idle refresh write nothing at all.
     if path != RefreshPath::Unchanged || prev.is_none() {

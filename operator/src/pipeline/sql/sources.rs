@@ -385,6 +385,10 @@ pub(super) fn window_index(schema: &str, names: &DerivedNames) -> String {
     )
 }
 
+/// State key naming the transaction whose schema change asks the next
+/// refresh after it to rebuild every metric.
+pub const REBUILD_AFTER: &str = "rebuild-after";
+
 /// Room left in each page of the rollup and window tables, so that adding
 /// a change to a key's counts can rewrite the row in its page without
 /// touching the indexes (a HOT update).
@@ -542,15 +546,20 @@ pub async fn ensure(
         tx.batch_execute(statement).await?;
     }
     if plan.rebuild {
-        let names = DerivedNames::new(key);
-        tx.execute(
-            &format!(
-                "DELETE FROM {}.{}",
-                quote_ident(&target.schema),
-                quote_ident(&names.state)
-            ),
-            &[],
-        )
+        // The refresh's snapshot was taken before these statements waited
+        // for the writers holding the source: a rebuild with it misses what
+        // they committed meanwhile (and a rewritten table shows it as this
+        // transaction's). The next refresh, with a later snapshot, rebuilds
+        // once more.
+        let state = format!(
+            "{}.{}",
+            quote_ident(&target.schema),
+            quote_ident(&DerivedNames::new(key).state)
+        );
+        tx.batch_execute(&format!(
+            "DELETE FROM {state}; INSERT INTO {state} (key, value) \
+             VALUES ('{REBUILD_AFTER}', pg_current_xact_id()::text)"
+        ))
         .await?;
     }
     Ok(Ensured {
