@@ -4,11 +4,14 @@
 
 pub mod compile;
 pub mod horizon;
+mod maintain;
 pub mod names;
 pub mod percentile;
 pub mod refresh;
 pub mod sources;
 pub mod state;
+mod tables;
+mod verify;
 
 use tokio_postgres::Transaction;
 
