@@ -9,6 +9,13 @@ use super::SqlError;
 use super::compile::{self, Compiled, WINDOW_COLUMNS};
 use super::tables::Tables;
 
+/// Percent of the rollup's pages random keys are drawn from (a rollup too
+/// small to yield any is read whole): drawing from a tenth of a large
+/// rollup cost more than the checks themselves. The window table is far
+/// smaller, and a tenth of it is drawn from.
+const ROLLUP_SAMPLED_PERCENT: u32 = 1;
+const WINDOW_SAMPLED_PERCENT: u32 = 10;
+
 /// Partial aggregates as compared by the sampled checks. Sums compare by
 /// value: taking rows back out can leave a sum with more decimal places
 /// than adding up the rows left gives.
@@ -44,7 +51,7 @@ pub(super) async fn verify_window(
     let mut pick = tx
         .query_opt(
             &format!(
-                "SELECT metric, partner FROM {} TABLESAMPLE SYSTEM (10) ORDER BY random() LIMIT 1",
+                "SELECT metric, partner FROM {} TABLESAMPLE SYSTEM ({WINDOW_SAMPLED_PERCENT}) ORDER BY random() LIMIT 1",
                 t.window
             ),
             &[],
@@ -131,7 +138,7 @@ pub(super) async fn verify_sample(
     let picks = tx
         .query(
             &format!(
-                "SELECT metric, partner, bucket::text FROM {} TABLESAMPLE SYSTEM (10) ORDER BY random() LIMIT $1",
+                "SELECT metric, partner, bucket::text FROM {} TABLESAMPLE SYSTEM ({ROLLUP_SAMPLED_PERCENT}) ORDER BY random() LIMIT $1",
                 t.rollup
             ),
             &[&(count as i64)],
