@@ -386,11 +386,10 @@ fn compile_metric(
         }
     };
     if let Some(m) = &measure {
-        // NaN and infinities are not counted: they would never leave a sum
-        // again (NaN sorts above Infinity).
-        conditions.push(format!(
-            "{m} IS NOT NULL AND {m} < 'Infinity'::numeric AND {m} > '-Infinity'::numeric"
-        ));
+        // Missing values, NaN and infinities are not counted: the last two
+        // would never leave a sum again. NaN sorts above Infinity, and a
+        // missing value compares to nothing.
+        conditions.push(format!("abs({m}) < 'Infinity'::numeric"));
     }
     let distinct = match a.kind {
         AggregateKind::CountDistinct => {
