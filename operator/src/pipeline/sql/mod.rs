@@ -3,6 +3,7 @@
 //! transaction the caller opened as the tenant's role.
 
 pub mod compile;
+mod derived;
 pub mod horizon;
 mod maintain;
 pub mod names;

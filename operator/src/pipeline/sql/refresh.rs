@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::compile::{self, Compiled};
+use super::derived;
 use super::horizon::{self, Reach};
 use super::maintain::{MetricWork, apply_signed, logged_since, recompute_extremes, written_since};
 use super::names::{DerivedNames, LOG_TRUNCATED};
@@ -237,20 +238,23 @@ pub async fn refresh(
         .values()
         .map(|(inserted, logged, _)| inserted + logged)
         .sum();
-    // When every metric is rebuilt the tables are emptied at once and their
-    // indexes built after the rows are in: one sorted build costs far less
-    // than an insert into the index per row (each with a uniqueness check,
-    // also against rows deleted before).
+    // When every metric is rebuilt the tables are replaced whole (see
+    // `derived`), their indexes built after the rows are in: one sorted
+    // build costs far less than an insert into the index per row.
     let all_rebuilt = !work.is_empty() && work.iter().all(|w| w.rebuild);
+    let rebuilt_rows = |w: &MetricWork| {
+        w.c.rollup_select(
+            &t.source(&w.c.source),
+            &w.c.retained(&horizon::literal(w.from)),
+        )
+    };
     if all_rebuilt {
-        tx.batch_execute(&format!(
-            "TRUNCATE {}, {}; DROP INDEX IF EXISTS {s}.{}; DROP INDEX IF EXISTS {s}.{}",
-            t.rollup,
-            t.window,
-            quote_ident(&names.rollup_key),
-            quote_ident(&names.window_key),
-            s = t.schema
-        ))
+        let selects: Vec<String> = work.iter().map(rebuilt_rows).collect();
+        replace(
+            tx,
+            derived::replacement(&target.schema, &names.rollup, derived::ROLLUP, &selects),
+            derived::rollup_index(&target.schema, &names),
+        )
         .await?;
     }
     for w in &work {
@@ -263,18 +267,18 @@ pub async fn refresh(
                     &[],
                 )
                 .await?;
+                // In index order: the rollup's pages then follow its buckets.
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {} ({}) {} ORDER BY 4, 2",
+                        t.rollup,
+                        compile::ROLLUP_COLUMNS,
+                        rebuilt_rows(w)
+                    ),
+                    &[],
+                )
+                .await?;
             }
-            // In index order: the rollup's pages then follow its buckets.
-            tx.execute(
-                &format!(
-                    "INSERT INTO {} ({}) {} ORDER BY 4, 2",
-                    t.rollup,
-                    compile::ROLLUP_COLUMNS,
-                    c.rollup_select(&t.source(&c.source), &c.retained(&horizon::literal(w.from)))
-                ),
-                &[],
-            )
-            .await?;
             state.set(
                 format!("def:{}", c.name),
                 c.fingerprint(&t.source(&c.source)),
@@ -293,10 +297,6 @@ pub async fn refresh(
             .await?;
             state.set(format!("from:{}", c.name), horizon::text(w.from));
         }
-    }
-    if all_rebuilt {
-        tx.batch_execute(&sources::rollup_index(&target.schema, &names))
-            .await?;
     }
     let maintained: Vec<&MetricWork> = work.iter().filter(|w| !w.rebuild && w.changed()).collect();
     if !maintained.is_empty() {
@@ -397,15 +397,24 @@ pub async fn refresh(
 
     // Windows that moved on, were rebuilt or repaired, or hold a minimum or
     // maximum that changed, are merged again from the rollup.
-    let mut windows_rebuilt = false;
-    for w in &work {
-        let stale = !w.window_kept
-            || (!w.c.invertible() && w.changed())
-            || sample.repaired.contains(&w.c.name);
-        if !stale {
-            continue;
-        }
-        if !all_rebuilt {
+    let stale: Vec<&MetricWork> = work
+        .iter()
+        .filter(|w| {
+            !w.window_kept
+                || (!w.c.invertible() && w.changed())
+                || sample.repaired.contains(&w.c.name)
+        })
+        .collect();
+    if all_rebuilt {
+        let selects: Vec<String> = stale.iter().map(|w| w.c.window_select(&t.rollup)).collect();
+        replace(
+            tx,
+            derived::replacement(&target.schema, &names.window, derived::WINDOW, &selects),
+            derived::window_index(&target.schema, &names),
+        )
+        .await?;
+    } else {
+        for w in &stale {
             tx.execute(
                 &format!(
                     "DELETE FROM {} WHERE metric = {}",
@@ -415,25 +424,22 @@ pub async fn refresh(
                 &[],
             )
             .await?;
-        }
-        tx.execute(
-            &format!(
-                "INSERT INTO {} ({}) {}",
-                t.window,
-                compile::WINDOW_COLUMNS,
-                w.c.window_select(&t.rollup)
-            ),
-            &[],
-        )
-        .await?;
-        state.set(format!("win:{}", w.c.name), w.window_start.clone());
-        windows_rebuilt = true;
-    }
-
-    if all_rebuilt {
-        tx.batch_execute(&sources::window_index(&target.schema, &names))
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} ({}) {}",
+                    t.window,
+                    compile::WINDOW_COLUMNS,
+                    w.c.window_select(&t.rollup)
+                ),
+                &[],
+            )
             .await?;
+        }
     }
+    for w in &stale {
+        state.set(format!("win:{}", w.c.name), w.window_start.clone());
+    }
+    let windows_rebuilt = !stale.is_empty();
     if path != RefreshPath::Unchanged
         && sample_keys > 0
         && let Some(metric) = verify_window(tx, &t, &compiled).await?
@@ -472,6 +478,18 @@ pub async fn refresh(
         mismatched_buckets: sample.mismatched,
         result_table: t.results.clone(),
     })
+}
+
+/// Runs a table's replacement, then builds its index.
+async fn replace(
+    tx: &Transaction<'_>,
+    statements: Vec<String>,
+    index: String,
+) -> Result<(), SqlError> {
+    for statement in statements.iter().chain([&index]) {
+        tx.batch_execute(statement).await?;
+    }
+    Ok(())
 }
 
 /// Adds every metric's values over its window to the result table, in one

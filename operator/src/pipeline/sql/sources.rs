@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Transaction;
 
 use super::compile::{sql_type, string_literal};
+use super::derived;
 use super::names::{
     DerivedNames, LOG_ROW, LOG_SIGN, LOG_TRUNCATED, LOG_XID, XID_COLUMN, XID_NUMBER, source_marker,
 };
@@ -364,45 +365,16 @@ fn log_statements(out: &mut Plan, log: &str, source: &Source, observed: Option<&
     }
 }
 
-/// The rollup's unique index: window reads, key deletes and upserts all
-/// use it.
-pub(super) fn rollup_index(schema: &str, names: &DerivedNames) -> String {
-    format!(
-        "CREATE UNIQUE INDEX {} ON {}.{} (metric, bucket, partner, dims, k, v) NULLS NOT DISTINCT",
-        quote_ident(&names.rollup_key),
-        quote_ident(schema),
-        quote_ident(&names.rollup)
-    )
-}
-
-/// The window table's unique index, what its upserts conflict on.
-pub(super) fn window_index(schema: &str, names: &DerivedNames) -> String {
-    format!(
-        "CREATE UNIQUE INDEX {} ON {}.{} (metric, partner, dims, k, v) NULLS NOT DISTINCT",
-        quote_ident(&names.window_key),
-        quote_ident(schema),
-        quote_ident(&names.window)
-    )
-}
-
 /// State key naming the transaction whose schema change asks the next
 /// refresh after it to rebuild every metric.
 pub const REBUILD_AFTER: &str = "rebuild-after";
-
-/// Room left in each page of the rollup and window tables, so that adding
-/// a change to a key's counts can rewrite the row in its page without
-/// touching the indexes (a HOT update).
-const DERIVED_FILLFACTOR: u32 = 80;
 
 fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalog: &Catalog) {
     let s = quote_ident(schema);
     let rollup = format!("{s}.{}", quote_ident(&names.rollup));
     if !catalog.tables.contains_key(&names.rollup) {
-        out.statements.push(format!(
-            "CREATE TABLE {rollup} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, bucket timestamp NOT NULL, \
-             k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric) \
-             WITH (fillfactor = {DERIVED_FILLFACTOR})"
-        ));
+        out.statements
+            .push(derived::create(&rollup, derived::ROLLUP));
     }
     // Earlier versions kept two indexes; one ordered by bucket does both jobs.
     for old in [
@@ -415,7 +387,7 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
         }
     }
     if !catalog.indexes.contains(&names.rollup_key) {
-        out.statements.push(rollup_index(schema, names));
+        out.statements.push(derived::rollup_index(schema, names));
     }
     if !catalog.tables.contains_key(&names.keys) {
         // Unlogged: it is emptied before every commit.
@@ -427,12 +399,9 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
     }
     if !catalog.tables.contains_key(&names.window) {
         let window = format!("{s}.{}", quote_ident(&names.window));
-        out.statements.push(format!(
-            "CREATE TABLE {window} (metric text NOT NULL, partner text NOT NULL, dims jsonb NOT NULL, \
-             k bigint NOT NULL, v text, n bigint NOT NULL, m bigint NOT NULL, s numeric, lo numeric, hi numeric) \
-             WITH (fillfactor = {DERIVED_FILLFACTOR})"
-        ));
-        out.statements.push(window_index(schema, names));
+        out.statements
+            .push(derived::create(&window, derived::WINDOW));
+        out.statements.push(derived::window_index(schema, names));
     }
     if !catalog.tables.contains_key(&names.results) {
         let t = format!("{s}.{}", quote_ident(&names.results));
