@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use partnerplane::api::tenant::Tier;
 use partnerplane::api::{PartnerTenant, PartnerTenantSpec};
 use partnerplane::backends::postgres::{PasswordPolicy, Postgres};
@@ -28,6 +28,7 @@ use partnerplane::naming::TenantNames;
 use partnerplane::tenant::children;
 use partnerplane::tenant::ownership::Origin;
 use partnerplane::tenant::secret_access::{self, SecretAccess};
+use partnerplane_e2e::operator::SHARD_LABEL;
 use partnerplane_e2e::report::percentile;
 use partnerplane_e2e::tenants::delete_tenants;
 use partnerplane_e2e::{Operator, Testbed, apply, unique_name};
@@ -56,12 +57,92 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// When each tenant matching a selector was first seen Ready for its
+/// current generation, as the watch delivers it: exact, where polling would
+/// round every latency up to its interval.
+struct ReadyWatch {
+    seen: Arc<tokio::sync::Mutex<HashMap<String, Instant>>>,
+    changed: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    /// Returns once the watch has listed what exists, so that nothing
+    /// applied afterwards is missed.
+    async fn start(client: &kube::Client, selector: &str) -> anyhow::Result<Self> {
+        let api: Api<PartnerTenant> = Api::all(client.clone());
+        let seen: Arc<tokio::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (listed, listed_rx) = tokio::sync::oneshot::channel();
+        let stream = watcher(api, watcher::Config::default().labels(selector));
+        let task = {
+            let (seen, changed) = (seen.clone(), changed.clone());
+            tokio::spawn(async move {
+                let mut listed = Some(listed);
+                let mut stream = std::pin::pin!(stream);
+                while let Ok(Some(event)) = stream.try_next().await {
+                    let tenant = match event {
+                        watcher::Event::Apply(t) | watcher::Event::InitApply(t) => t,
+                        watcher::Event::InitDone => {
+                            if let Some(listed) = listed.take() {
+                                let _ = listed.send(());
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    let ready = partnerplane_e2e::operator::condition(&tenant, "Ready")
+                        .is_some_and(|c| c.status == "True")
+                        && tenant.status.as_ref().and_then(|s| s.observed_generation)
+                            == tenant.metadata.generation;
+                    if ready {
+                        let name = tenant.metadata.name.clone().unwrap_or_default();
+                        seen.lock().await.entry(name).or_insert_with(Instant::now);
+                        changed.notify_waiters();
+                    }
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(60), listed_rx).await??;
+        Ok(Self {
+            seen,
+            changed,
+            task,
+        })
+    }
+
+    /// When `name` was first seen Ready.
+    async fn ready(&self, name: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(at) = self.seen.lock().await.get(name) {
+                return Ok(*at);
+            }
+            anyhow::ensure!(
+                tokio::time::timeout_at(deadline, changed).await.is_ok(),
+                "tenant {name} not Ready within {timeout:?}"
+            );
+        }
+    }
+
+    async fn count(&self) -> usize {
+        self.seen.lock().await.len()
+    }
+
+    async fn stop(self) -> HashMap<String, Instant> {
+        self.task.abort();
+        self.seen.lock().await.clone()
+    }
+}
+
 /// Apply -> Ready of single tenants on an otherwise idle operator, one at a time.
 async fn idle_latencies(
     client: &kube::Client,
     operator: &Operator,
     count: usize,
 ) -> anyhow::Result<(Vec<Duration>, Vec<String>)> {
+    let watch = ReadyWatch::start(client, &format!("{SHARD_LABEL}={}", operator.shard)).await?;
     let mut latencies = vec![];
     let mut names = vec![];
     for i in 0..count {
@@ -72,11 +153,11 @@ async fn idle_latencies(
         );
         let started = Instant::now();
         apply(client, &manifest, None, false).await?;
-        partnerplane_e2e::wait_condition(client, &name, "Ready", "True", Duration::from_secs(30))
-            .await?;
-        latencies.push(started.elapsed());
+        let ready = watch.ready(&name, Duration::from_secs(30)).await?;
+        latencies.push(ready.saturating_duration_since(started));
         names.push(name);
     }
+    watch.stop().await;
     latencies.sort();
     Ok((latencies, names))
 }
@@ -152,32 +233,11 @@ async fn run_operator(
         })
         .collect();
     let names: Vec<String> = placed.iter().map(|(n, _)| n.clone()).collect();
-    let api: Api<PartnerTenant> = Api::all(client.clone());
 
     // Watch readiness from before the first apply.
     let shard_names: Vec<&str> = operators.iter().map(|o| o.shard.as_str()).collect();
-    let selector = format!("partnerplane.io/shard in ({})", shard_names.join(","));
-    let ready_at: Arc<tokio::sync::Mutex<HashMap<String, Instant>>> = Default::default();
-    let watch = {
-        let ready_at = ready_at.clone();
-        let stream =
-            watcher(api.clone(), watcher::Config::default().labels(&selector)).applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Ok(Some(tenant)) = stream.try_next().await {
-                let ready = partnerplane_e2e::operator::condition(&tenant, "Ready")
-                    .is_some_and(|c| c.status == "True");
-                if ready {
-                    let name = tenant.metadata.name.clone().unwrap_or_default();
-                    ready_at
-                        .lock()
-                        .await
-                        .entry(name)
-                        .or_insert_with(Instant::now);
-                }
-            }
-        })
-    };
+    let selector = format!("{SHARD_LABEL} in ({})", shard_names.join(","));
+    let watch = ReadyWatch::start(client, &selector).await?;
 
     let started = Instant::now();
     let applied: HashMap<String, Instant> = stream::iter(placed.clone())
@@ -197,19 +257,16 @@ async fn run_operator(
         .await?;
 
     let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let done = ready_at.lock().await.len();
-        if done == tenants {
-            break;
+    for name in &names {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if watch.ready(name, left).await.is_err() {
+            anyhow::bail!(
+                "only {} of {tenants} tenants Ready after 15 minutes",
+                watch.count().await
+            );
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done} of {tenants} tenants Ready after 15 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ready_at = ready_at.lock().await.clone();
-    watch.abort();
+    let ready_at = watch.stop().await;
     let total = ready_at.values().max().copied().unwrap_or(started) - started;
     let mut latencies: Vec<Duration> = names
         .iter()
