@@ -434,6 +434,29 @@ where
     counted_unless_missing::<K, _>(result, metrics)
 }
 
+/// [`delete`] of the one object `uid` names: a name read from a cache may
+/// since have gone to another object, which stays. Either absence (404) or
+/// another object in its place (409) counts as done.
+pub async fn delete_exact<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    name: &str,
+    uid: &str,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    let params = DeleteParams::background().preconditions(kube::api::Preconditions {
+        uid: Some(uid.to_string()),
+        resource_version: None,
+    });
+    match api_for::<K>(client, namespace).delete(name, &params).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        result => counted_unless_missing::<K, _>(result, metrics),
+    }
+}
+
 /// [`remove_tenant_owner`] for a cached object: the cache keeps only
 /// whether there is such a reference, so the object's references are read
 /// live (others' must stay).

@@ -335,7 +335,9 @@ async fn strip_tenant_owners(
         s.services,
         s.stateful_sets
     );
-    for secret in secret_access::owned(ctx, names, &tenant_name).await? {
+    for secret in
+        secret_access::owned(ctx, names, &tenant_name, secret_access::Freshness::Current).await?
+    {
         apply::remove_tenant_owner(&ctx.client, &secret, &ctx.metrics).await?;
     }
     Ok(())

@@ -185,14 +185,37 @@ pub async fn apply(ctx: &Context, desired: &Secret, live: Option<&Secret>) -> Re
     Ok(apply::apply_unless_current(&ctx.client, live, desired, &ctx.metrics).await?)
 }
 
+/// How current a list of Secrets must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// As etcd has it now. The API server answers once its cache has caught
+    /// up with etcd's latest revision — of any object: right after the
+    /// operator's own writes that took up to 100 ms, on every reconcile.
+    Current,
+    /// Whatever the API server's cache holds, at once. Enough where a
+    /// Secret missed is found by a later pass: it can only be one written
+    /// in the last moments, and the operator wrote its own in earlier ones.
+    Cached,
+}
+
 /// The Secrets of the operator's making for `tenant` in its namespace.
 /// Where the operator holds no access (a namespace never provisioned, or
 /// its binding already revoked by an earlier pass of a cleanup), it can have
 /// made none it still keeps: nothing is listed rather than a cleanup that
 /// never completes.
-pub async fn owned(ctx: &Context, names: &TenantNames, tenant: &str) -> Result<Vec<Secret>, Error> {
+pub async fn owned(
+    ctx: &Context,
+    names: &TenantNames,
+    tenant: &str,
+    freshness: Freshness,
+) -> Result<Vec<Secret>, Error> {
+    let params = ListParams::default().labels(MANAGED_SELECTOR);
+    let params = match freshness {
+        Freshness::Current => params,
+        Freshness::Cached => params.match_any(),
+    };
     let listed = match Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
-        .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
+        .list_metadata(&params)
         .await
     {
         Ok(listed) => listed,
@@ -213,19 +236,22 @@ pub async fn owned(ctx: &Context, names: &TenantNames, tenant: &str) -> Result<V
         .collect())
 }
 
-/// Deletes the tenant's Secrets whose names are not in `keep`.
+/// Deletes the tenant's Secrets whose names are not in `keep`, as the
+/// API server's cache lists them (a reconcile prunes what an earlier one,
+/// or a change of spec, left behind).
 pub async fn prune(
     ctx: &Context,
     names: &TenantNames,
     tenant: &str,
     keep: &[String],
 ) -> Result<(), Error> {
-    for secret in owned(ctx, names, tenant).await? {
+    for secret in owned(ctx, names, tenant, Freshness::Cached).await? {
         if !keep.contains(&secret.name_any()) {
-            apply::delete::<Secret>(
+            apply::delete_exact::<Secret>(
                 &ctx.client,
                 Some(&names.namespace),
                 &secret.name_any(),
+                &secret.uid().unwrap_or_default(),
                 &ctx.metrics,
             )
             .await?;
