@@ -304,6 +304,14 @@ async fn tenants_applied_together_are_each_provisioned_once() -> anyhow::Result<
             },
         )
         .await?;
+        // The finalizer is added in the pass that provisions, and the echo
+        // of that write starts no second one.
+        assert_eq!(
+            operator.metric_sum("partnerplane_reconciles_total").await?,
+            names.len() as f64,
+            "reconciles of {} new tenants",
+            names.len()
+        );
         // The echoes of the operator's own writes and the quota
         // controller's status updates start no second pass over the backends.
         for operation in ["ensure_tenant", "ensure_user", "ensure_policy"] {

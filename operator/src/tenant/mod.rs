@@ -5,6 +5,7 @@ pub mod children;
 pub mod cleanup;
 pub mod dedicated_redis;
 pub mod error;
+pub mod finalizer;
 pub mod ownership;
 pub mod reconcile;
 pub mod secret_access;
@@ -17,12 +18,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::Instrument;
@@ -47,6 +48,7 @@ async fn reconcile(
     seen: Arc<TenantMeta>,
     ctx: Arc<Context>,
     written: Arc<status::Written>,
+    echoes: Arc<finalizer::Echoes>,
 ) -> Result<Action, Error> {
     // Comparing with empty caches would rewrite every child after a restart.
     if ctx
@@ -66,7 +68,6 @@ async fn reconcile(
         ctx.metrics.set_tenant_ready(&seen.name_any(), None);
         return Ok(Action::await_change());
     };
-    let tenant = Arc::new(tenant);
     let span =
         tracing::info_span!("reconcile", controller = CONTROLLER, tenant = %tenant.name_any());
     ctx.metrics
@@ -75,22 +76,32 @@ async fn reconcile(
             controller: CONTROLLER,
         })
         .inc();
-    let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
-        match event {
-            FinalizerEvent::Apply(t) => reconcile::apply(t, &ctx, &written).await,
-            FinalizerEvent::Cleanup(t) => {
-                let uid = t.uid().unwrap_or_default();
-                let done = cleanup::cleanup(t, &ctx).await;
-                if done.is_ok() {
-                    written.forget(&uid);
+    let result = async {
+        // Added here, the finalizer is in place before anything is
+        // provisioned, and provisioning goes on in the same pass.
+        let tenant = if finalizer::missing(&tenant) {
+            finalizer::add(&api, &tenant, &echoes, &ctx.metrics, worth_reconciling).await?
+        } else {
+            Arc::new(tenant)
+        };
+        kube::runtime::finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
+            match event {
+                FinalizerEvent::Apply(t) => reconcile::apply(t, &ctx, &written).await,
+                FinalizerEvent::Cleanup(t) => {
+                    let uid = t.uid().unwrap_or_default();
+                    let done = cleanup::cleanup(t, &ctx).await;
+                    if done.is_ok() {
+                        written.forget(&uid);
+                    }
+                    done
                 }
-                done
             }
-        }
-    })
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
     .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     ctx.metrics
         .reconcile_duration
         .get_or_create(&ControllerLabels {
@@ -161,13 +172,20 @@ pub async fn run(
         tenant_watch = tenant_watch.labels(selector);
     }
     let written = Arc::new(status::Written::default());
+    let echoes = Arc::new(finalizer::Echoes::default());
+    let filter = echoes.clone();
     let (reader, writer) = reflector::store();
     let tenant_stream = watcher(tenants, tenant_watch)
         .modify(|tenant| crate::watches::drop_bookkeeping(&mut tenant.metadata))
         .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default());
+        .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default())
+        .try_filter(move |tenant| {
+            let echo = worth_reconciling(tenant)
+                .is_some_and(|seen| filter.is_echo(&tenant.name_any(), seen));
+            std::future::ready(!echo)
+        });
     Controller::for_stream(tenant_stream, reader)
         .trigger_backoff(crate::watch_backoff::Immediate)
         .with_config(ControllerConfig::default().concurrency(concurrency))
@@ -182,7 +200,7 @@ pub async fn run(
         .watches_stream(stateful_sets, owner)
         .graceful_shutdown_on(shutdown)
         .run(
-            move |tenant, ctx| reconcile(tenant, ctx, written.clone()),
+            move |tenant, ctx| reconcile(tenant, ctx, written.clone(), echoes.clone()),
             error_policy,
             ctx.clone(),
         )
