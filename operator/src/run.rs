@@ -150,6 +150,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         caches_ready,
     });
 
+    // Opened now rather than by the first tenant's reconcile.
+    let warming = ctx.clone();
+    tokio::spawn(async move { warming.postgres.warm().await });
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(http::serve(
         args.http_addr,

@@ -278,17 +278,16 @@ impl Postgres {
         Ok(())
     }
 
-    /// Converges the backend's shared set-up (see [`plan_shared`]).
-    pub async fn prepare(&self, backend: &str) -> Result<(), PostgresError> {
-        let client = self.client(backend).await?;
-        let state = read_shared(&client).await;
-        self.repair_shared(
-            backend,
-            &client,
-            state.map_err(|e| statement_error(backend, e))?,
-        )
-        .await?;
-        Ok(())
+    /// Opens a pooled connection to every backend, so that the first
+    /// tenant's reconcile does not wait for the handshake and
+    /// authentication. A backend out of reach is reported here, and again
+    /// by each reconcile that needs it.
+    pub async fn warm(&self) {
+        for (name, backend) in &self.backends {
+            if let Err(e) = backend.pool.get().await {
+                tracing::warn!(backend = %name, error = %e, "cannot reach the Postgres backend yet");
+            }
+        }
     }
 
     /// Runs the shared set-up's statements when `seen` (read without a lock)
