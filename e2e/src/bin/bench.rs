@@ -136,7 +136,10 @@ impl ReadyWatch {
     }
 }
 
-/// Apply -> Ready of single tenants on an otherwise idle operator, one at a time.
+/// Apply -> Ready of single tenants on an otherwise idle operator, one at a
+/// time, after one untimed tenant: the operator has just started, on CRDs
+/// perhaps just installed, and the API server may still be swapping their
+/// storage (a first tenant waited a second for its watch event then).
 async fn idle_latencies(
     client: &kube::Client,
     operator: &Operator,
@@ -145,7 +148,7 @@ async fn idle_latencies(
     let watch = ReadyWatch::start(client, &format!("{SHARD_LABEL}={}", operator.shard)).await?;
     let mut latencies = vec![];
     let mut names = vec![];
-    for i in 0..count {
+    for i in 0..=count {
         let name = format!("{}-idle-{i}", operator.shard);
         let manifest = operator.tenant(
             &name,
@@ -154,7 +157,9 @@ async fn idle_latencies(
         let started = Instant::now();
         apply(client, &manifest, None, false).await?;
         let ready = watch.ready(&name, Duration::from_secs(30)).await?;
-        latencies.push(ready.saturating_duration_since(started));
+        if i > 0 {
+            latencies.push(ready.saturating_duration_since(started));
+        }
         names.push(name);
     }
     watch.stop().await;
@@ -303,7 +308,7 @@ async fn run_operator(
 /// which at 10,000 takes a while).
 fn report(run: &OperatorRun, tenants: usize) {
     println!(
-        "one tenant, idle operator: apply -> Ready p50 {:.0} ms, p99 {:.0} ms (20 tenants, one at a time)",
+        "one tenant, idle operator: apply -> Ready p50 {:.0} ms, p99 {:.0} ms (20 tenants one at a time, after an untimed first)",
         percentile(&run.idle, 0.5).as_secs_f64() * 1e3,
         percentile(&run.idle, 0.99).as_secs_f64() * 1e3
     );
