@@ -447,3 +447,96 @@ async fn drift_in_the_window_or_the_rollup_is_found_and_counted() -> anyhow::Res
         .await?;
     Ok(())
 }
+
+/// A full rebuild replaces the rollup and window tables whole, unless the
+/// tenant (who owns the schema) made something that depends on them: a
+/// view, a grant. Then they are emptied and filled in place, and what the
+/// tenant made stays.
+#[tokio::test]
+async fn a_full_rebuild_keeps_what_the_tenant_built_on_the_derived_tables() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let bed = setup(&testbed).await?;
+    let mut rng = Rng(11);
+    let table = format!("\"{}\".\"visits\"", bed.target.schema);
+    let names = DerivedNames::new(&bed.key);
+    let s = format!("\"{}\"", bed.target.schema);
+    let (rollup, window) = (
+        format!("{s}.\"{}\"", names.rollup),
+        format!("{s}.\"{}\"", names.window),
+    );
+    let mut refresher = pg_admin(&testbed).await?;
+    let full_rebuild = async |refresher: &mut Client| -> anyhow::Result<()> {
+        // A changed source (as after a retype) asks for one.
+        bed.admin
+            .batch_execute(&format!(
+                "INSERT INTO {s}.\"{}\" (key, value) VALUES ('{}', '1') \
+                 ON CONFLICT (key) DO UPDATE SET value = '1'",
+                names.state,
+                sql::sources::REBUILD_AFTER
+            ))
+            .await?;
+        let tx = begin_refresh(refresher, &bed).await?;
+        assert_eq!(finish_refresh(tx, &bed).await?, RefreshPath::Full);
+        anyhow::ensure!(differences(&bed).await?.is_empty(), "rebuilt tables differ");
+        Ok(())
+    };
+    let oid = async |table: &str| -> anyhow::Result<u32> {
+        Ok(bed
+            .admin
+            .query_one(&format!("SELECT '{table}'::regclass::oid"), &[])
+            .await?
+            .get(0))
+    };
+    let tx = begin_refresh(&mut refresher, &bed).await?;
+    finish_refresh(tx, &bed).await?;
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 300, &table))
+        .await?;
+
+    // Nothing depends on them: replaced.
+    let before = (oid(&rollup).await?, oid(&window).await?);
+    full_rebuild(&mut refresher).await?;
+    let after = (oid(&rollup).await?, oid(&window).await?);
+    assert!(before.0 != after.0 && before.1 != after.1, "not replaced");
+
+    // A view on the rollup and a grant on the window: filled in place.
+    bed.admin
+        .batch_execute(&format!(
+            "SET ROLE \"{role}\"; CREATE VIEW {s}.tenant_view AS SELECT metric, sum(n) AS n FROM {rollup} GROUP BY metric; \
+             GRANT SELECT ON {window} TO PUBLIC; RESET ROLE",
+            role = bed.target.role
+        ))
+        .await?;
+    bed.admin
+        .batch_execute(&insert_rows(&mut rng, 300, &table))
+        .await?;
+    full_rebuild(&mut refresher).await?;
+    assert_eq!((oid(&rollup).await?, oid(&window).await?), after);
+    let viewed: i64 = bed
+        .admin
+        .query_one(&format!("SELECT sum(n)::bigint FROM {s}.tenant_view"), &[])
+        .await?
+        .get(0);
+    let counted: i64 = bed
+        .admin
+        .query_one(&format!("SELECT sum(n)::bigint FROM {rollup}"), &[])
+        .await?
+        .get(0);
+    assert_eq!(viewed, counted);
+    let granted: bool = bed
+        .admin
+        .query_one(
+            &format!("SELECT has_table_privilege('public', '{window}', 'SELECT')"),
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(granted, "the tenant's grant on the window table was lost");
+    bed.admin
+        .batch_execute(&format!(
+            "DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{}\";",
+            bed.target.schema, bed.target.role
+        ))
+        .await?;
+    Ok(())
+}

@@ -2,7 +2,8 @@
 //! their replacement whole when a refresh rebuilds every metric.
 //!
 //! A replacement is one `CREATE TABLE … AS` over every metric's rows, then
-//! a rename over the old table. Postgres runs the SELECT of a `CREATE TABLE
+//! a rename over the old table — unless something of the tenant's depends
+//! on the table (see [`replaceable_query`]); then it is emptied and filled. Postgres runs the SELECT of a `CREATE TABLE
 //! … AS` with parallel workers — each metric's aggregation a branch of a
 //! parallel append — but never the SELECT of an `INSERT`, and it writes the
 //! new table in bulk; together that halves a rebuild on two cores.
@@ -111,6 +112,20 @@ pub(super) fn replacement(
         format!("DROP TABLE {s}.{}", quote_ident(table)),
         format!("ALTER TABLE {s}.{next} RENAME TO {}", quote_ident(table)),
     ]
+}
+
+/// Whether the tables named `tables` in `schema` can be dropped and
+/// replaced without losing or breaking anything of the tenant's: no
+/// grant, row security, view, foreign key, trigger, policy or other object
+/// depending on them (their own indexes, row type and TOAST table aside).
+/// The tenant owns the schema and may add such things.
+pub(super) fn replaceable_query() -> &'static str {
+    "SELECT count(*) FILTER (WHERE c.relacl IS NOT NULL OR c.relrowsecurity OR EXISTS (\
+     SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid \
+     AND d.deptype <> 'i' AND NOT (d.classid = 'pg_class'::regclass AND d.deptype = 'a' \
+     AND EXISTS (SELECT 1 FROM pg_class i WHERE i.oid = d.objid AND i.relkind = 'i')))) = 0 \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = ANY($2)"
 }
 
 /// The rollup's unique index: window reads, key deletes and upserts all

@@ -248,7 +248,18 @@ pub async fn refresh(
             &w.c.retained(&horizon::literal(w.from)),
         )
     };
-    if all_rebuilt {
+    let replaced = all_rebuilt
+        && tx
+            .query_one(
+                derived::replaceable_query(),
+                &[
+                    &target.schema,
+                    &vec![names.rollup.clone(), names.window.clone()],
+                ],
+            )
+            .await?
+            .get::<_, bool>(0);
+    if replaced {
         let selects: Vec<String> = work.iter().map(rebuilt_rows).collect();
         replace(
             tx,
@@ -256,17 +267,29 @@ pub async fn refresh(
             derived::rollup_index(&target.schema, &names),
         )
         .await?;
+    } else if all_rebuilt {
+        tx.batch_execute(&format!(
+            "TRUNCATE {}, {}; DROP INDEX IF EXISTS {s}.{}; DROP INDEX IF EXISTS {s}.{}",
+            t.rollup,
+            t.window,
+            quote_ident(&names.rollup_key),
+            quote_ident(&names.window_key),
+            s = t.schema
+        ))
+        .await?;
     }
     for w in &work {
         let c = w.c;
         let name = compile::string_literal(&c.name);
         if w.rebuild {
-            if !all_rebuilt {
-                tx.execute(
-                    &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
-                    &[],
-                )
-                .await?;
+            if !replaced {
+                if !all_rebuilt {
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
+                        &[],
+                    )
+                    .await?;
+                }
                 // In index order: the rollup's pages then follow its buckets.
                 tx.execute(
                     &format!(
@@ -297,6 +320,10 @@ pub async fn refresh(
             .await?;
             state.set(format!("from:{}", c.name), horizon::text(w.from));
         }
+    }
+    if all_rebuilt && !replaced {
+        tx.batch_execute(&derived::rollup_index(&target.schema, &names))
+            .await?;
     }
     let maintained: Vec<&MetricWork> = work.iter().filter(|w| !w.rebuild && w.changed()).collect();
     if !maintained.is_empty() {
@@ -405,7 +432,7 @@ pub async fn refresh(
                 || sample.repaired.contains(&w.c.name)
         })
         .collect();
-    if all_rebuilt {
+    if replaced {
         let selects: Vec<String> = stale.iter().map(|w| w.c.window_select(&t.rollup)).collect();
         replace(
             tx,
@@ -415,15 +442,17 @@ pub async fn refresh(
         .await?;
     } else {
         for w in &stale {
-            tx.execute(
-                &format!(
-                    "DELETE FROM {} WHERE metric = {}",
-                    t.window,
-                    compile::string_literal(&w.c.name)
-                ),
-                &[],
-            )
-            .await?;
+            if !all_rebuilt {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {} WHERE metric = {}",
+                        t.window,
+                        compile::string_literal(&w.c.name)
+                    ),
+                    &[],
+                )
+                .await?;
+            }
             tx.execute(
                 &format!(
                     "INSERT INTO {} ({}) {}",
@@ -435,6 +464,10 @@ pub async fn refresh(
             )
             .await?;
         }
+    }
+    if all_rebuilt && !replaced {
+        tx.batch_execute(&derived::window_index(&target.schema, &names))
+            .await?;
     }
     for w in &stale {
         state.set(format!("win:{}", w.c.name), w.window_start.clone());
