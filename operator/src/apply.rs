@@ -434,24 +434,27 @@ where
     counted_unless_missing::<K, _>(result, metrics)
 }
 
-/// [`delete`] of the one object `uid` names: a name read from a cache may
-/// since have gone to another object, which stays. Either absence (404) or
-/// another object in its place (409) counts as done.
-pub async fn delete_exact<K>(
+/// [`delete`] of an object as `listed` shows it (its uid and version): one
+/// read from a cache may since have changed, or gone and been replaced by
+/// another of its name, and then stays. Absence (404) or a changed object
+/// (409) counts as done.
+pub async fn delete_as_listed<K>(
     client: &kube::Client,
-    namespace: Option<&str>,
-    name: &str,
-    uid: &str,
+    listed: &ObjectMeta,
     metrics: &Metrics,
 ) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
     let params = DeleteParams::background().preconditions(kube::api::Preconditions {
-        uid: Some(uid.to_string()),
-        resource_version: None,
+        uid: listed.uid.clone(),
+        resource_version: listed.resource_version.clone(),
     });
-    match api_for::<K>(client, namespace).delete(name, &params).await {
+    let name = listed.name.as_deref().unwrap_or_default();
+    match api_for::<K>(client, listed.namespace.as_deref())
+        .delete(name, &params)
+        .await
+    {
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         result => counted_unless_missing::<K, _>(result, metrics),
     }

@@ -236,25 +236,20 @@ pub async fn owned(
         .collect())
 }
 
-/// Deletes the tenant's Secrets whose names are not in `keep`, as the
-/// API server's cache lists them (a reconcile prunes what an earlier one,
-/// or a change of spec, left behind).
+/// Deletes the tenant's Secrets whose names are not in `keep`, each only
+/// as listed (a Secret changed since stays until the next pass).
+/// [`Freshness::Cached`] for a reconcile, which a later one follows;
+/// [`Freshness::Current`] for a cleanup, after which none does.
 pub async fn prune(
     ctx: &Context,
     names: &TenantNames,
     tenant: &str,
     keep: &[String],
+    freshness: Freshness,
 ) -> Result<(), Error> {
-    for secret in owned(ctx, names, tenant, Freshness::Cached).await? {
+    for secret in owned(ctx, names, tenant, freshness).await? {
         if !keep.contains(&secret.name_any()) {
-            apply::delete_exact::<Secret>(
-                &ctx.client,
-                Some(&names.namespace),
-                &secret.name_any(),
-                &secret.uid().unwrap_or_default(),
-                &ctx.metrics,
-            )
-            .await?;
+            apply::delete_as_listed::<Secret>(&ctx.client, &secret.metadata, &ctx.metrics).await?;
         }
     }
     Ok(())
