@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -14,28 +15,38 @@ use super::FINALIZER;
 use crate::api::PartnerTenant;
 use crate::metrics::Metrics;
 
+/// How long an announced write waits for its event before it is dropped
+/// (a tenant deleted meanwhile, whose watch relisted past it).
+const ECHO_WAIT: Duration = Duration::from_secs(300);
+
 /// What a reconcile's own finalizer write will look like to the tenant
-/// watch's filter (`worth_reconciling`), per tenant.
+/// watch's filter (`worth_reconciling`), per tenant uid: a later tenant of
+/// the same name is another.
 #[derive(Debug, Default)]
-pub struct Echoes(Mutex<HashMap<String, u64>>);
+pub struct Echoes(Mutex<HashMap<String, (u64, Instant)>>);
 
 impl Echoes {
-    fn expect(&self, name: &str, seen: u64) {
-        self.lock().insert(name.to_string(), seen);
+    fn expect(&self, uid: &str, seen: u64) {
+        let mut expected = self.lock();
+        expected.retain(|_, (_, at)| at.elapsed() < ECHO_WAIT);
+        expected.insert(uid.to_string(), (seen, Instant::now()));
     }
 
-    fn forget(&self, name: &str) {
-        self.lock().remove(name);
+    fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
     }
 
-    /// Whether an event for `name` that passed the filter as `seen` is the
-    /// echo of the finalizer write. Any event for `name` ends the wait: one
-    /// that differs is a change of someone else's, and reconciles.
-    pub fn is_echo(&self, name: &str, seen: u64) -> bool {
-        self.lock().remove(name) == Some(seen)
+    /// Whether an event for the tenant `uid` that passed the filter as
+    /// `seen` is the echo of the finalizer write. Any event for the tenant
+    /// ends the wait: one that differs is someone else's change, and
+    /// reconciles.
+    pub fn is_echo(&self, uid: &str, seen: u64) -> bool {
+        self.lock()
+            .remove(uid)
+            .is_some_and(|(expected, _)| expected == seen)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -68,9 +79,10 @@ pub async fn add(
     fingerprint: impl Fn(&PartnerTenant) -> Option<u64>,
 ) -> Result<Arc<PartnerTenant>, kube::Error> {
     let name = tenant.name_any();
+    let uid = tenant.uid().unwrap_or_default();
     let with = with_finalizer(tenant);
     if let Some(seen) = fingerprint(&with) {
-        echoes.expect(&name, seen);
+        echoes.expect(&uid, seen);
     }
     let patch = serde_json::json!({
         "metadata": {
@@ -87,7 +99,7 @@ pub async fn add(
             Ok(Arc::new(written))
         }
         Err(e) => {
-            echoes.forget(&name);
+            echoes.forget(&uid);
             Err(e)
         }
     }
@@ -127,14 +139,15 @@ mod tests {
     #[test]
     fn only_the_announced_event_is_an_echo_and_any_event_ends_the_wait() {
         let echoes = Echoes::default();
-        echoes.expect("acme", 7);
-        assert!(!echoes.is_echo("other", 7));
-        assert!(echoes.is_echo("acme", 7));
+        echoes.expect("uid-1", 7);
+        // Another tenant, or a later one of the same name.
+        assert!(!echoes.is_echo("uid-2", 7));
+        assert!(echoes.is_echo("uid-1", 7));
         // Used once.
-        assert!(!echoes.is_echo("acme", 7));
-        echoes.expect("acme", 7);
+        assert!(!echoes.is_echo("uid-1", 7));
+        echoes.expect("uid-1", 7);
         // Someone else's change came first: it reconciles, and so does what follows.
-        assert!(!echoes.is_echo("acme", 8));
-        assert!(!echoes.is_echo("acme", 7));
+        assert!(!echoes.is_echo("uid-1", 8));
+        assert!(!echoes.is_echo("uid-1", 7));
     }
 }

@@ -182,8 +182,8 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(worth_reconciling, kube::runtime::PredicateConfig::default())
         .try_filter(move |tenant| {
-            let echo = worth_reconciling(tenant)
-                .is_some_and(|seen| filter.is_echo(&tenant.name_any(), seen));
+            let uid = tenant.uid().unwrap_or_default();
+            let echo = worth_reconciling(tenant).is_some_and(|seen| filter.is_echo(&uid, seen));
             std::future::ready(!echo)
         });
     Controller::for_stream(tenant_stream, reader)
