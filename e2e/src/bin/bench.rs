@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use partnerplane::api::tenant::Tier;
 use partnerplane::api::{PartnerTenant, PartnerTenantSpec};
 use partnerplane::backends::postgres::{PasswordPolicy, Postgres};
@@ -74,13 +74,15 @@ impl ReadyWatch {
         let seen: Arc<tokio::sync::Mutex<HashMap<String, Instant>>> = Default::default();
         let changed = Arc::new(tokio::sync::Notify::new());
         let (listed, listed_rx) = tokio::sync::oneshot::channel();
-        let stream = watcher(api, watcher::Config::default().labels(selector));
+        let stream = watcher(api, watcher::Config::default().labels(selector)).default_backoff();
         let task = {
             let (seen, changed) = (seen.clone(), changed.clone());
             tokio::spawn(async move {
                 let mut listed = Some(listed);
                 let mut stream = std::pin::pin!(stream);
-                while let Ok(Some(event)) = stream.try_next().await {
+                while let Some(event) = stream.next().await {
+                    // The watch retries on its own; an error is one attempt.
+                    let Ok(event) = event else { continue };
                     let tenant = match event {
                         watcher::Event::Apply(t) | watcher::Event::InitApply(t) => t,
                         watcher::Event::InitDone => {

@@ -283,11 +283,12 @@ impl Postgres {
     /// authentication. A backend out of reach is reported here, and again
     /// by each reconcile that needs it.
     pub async fn warm(&self) {
-        for (name, backend) in &self.backends {
+        futures::future::join_all(self.backends.iter().map(|(name, backend)| async move {
             if let Err(e) = backend.pool.get().await {
                 tracing::warn!(backend = %name, error = %e, "cannot reach the Postgres backend yet");
             }
-        }
+        }))
+        .await;
     }
 
     /// Runs the shared set-up's statements when `seen` (read without a lock)
