@@ -90,6 +90,17 @@ async fn setup(testbed: &Testbed) -> anyhow::Result<Bed> {
     })
 }
 
+/// Drops the tenant schema and role `setup` made.
+async fn teardown(bed: &Bed) -> anyhow::Result<()> {
+    bed.admin
+        .batch_execute(&format!(
+            "DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{}\";",
+            bed.target.schema, bed.target.role
+        ))
+        .await?;
+    Ok(())
+}
+
 /// Opens the refresh transaction as the operator does: repeatable read, as
 /// the tenant's role. The snapshot is taken by the first statement.
 async fn begin_refresh<'a>(
@@ -338,12 +349,7 @@ async fn incremental_refreshes_equal_a_full_recompute_after_every_change() -> an
                 }
             }
         }
-        bed.admin
-            .batch_execute(&format!(
-                "DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{}\";",
-                bed.target.schema, bed.target.role
-            ))
-            .await?;
+        teardown(&bed).await?;
         bed.admin = pg_admin(&testbed).await?;
     }
     Ok(())
@@ -439,12 +445,7 @@ async fn drift_in_the_window_or_the_rollup_is_found_and_counted() -> anyhow::Res
         refresh(&mut refresher).await?.path,
         RefreshPath::Incremental
     );
-    bed.admin
-        .batch_execute(&format!(
-            "DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{}\";",
-            bed.target.schema, bed.target.role
-        ))
-        .await?;
+    teardown(&bed).await?;
     Ok(())
 }
 
@@ -532,11 +533,6 @@ async fn a_full_rebuild_keeps_what_the_tenant_built_on_the_derived_tables() -> a
         .await?
         .get(0);
     assert!(granted, "the tenant's grant on the window table was lost");
-    bed.admin
-        .batch_execute(&format!(
-            "DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{}\";",
-            bed.target.schema, bed.target.role
-        ))
-        .await?;
+    teardown(&bed).await?;
     Ok(())
 }

@@ -358,14 +358,7 @@ async fn delete_owned_objects(
     prune(ctx, &s.service_accounts, names, &tenant_name, &[]).await?;
     prune(ctx, &s.roles, names, &tenant_name, &[]).await?;
     // The Secrets go while the operator's RoleBinding still grants access.
-    secret_access::prune(
-        ctx,
-        names,
-        &tenant_name,
-        &[],
-        secret_access::Freshness::Current,
-    )
-    .await?;
+    secret_access::prune_all(ctx, names, &tenant_name).await?;
     prune(ctx, &s.role_bindings, names, &tenant_name, &[]).await?;
     prune(ctx, &s.services, names, &tenant_name, &[]).await?;
     prune(ctx, &s.stateful_sets, names, &tenant_name, &[]).await?;

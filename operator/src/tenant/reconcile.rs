@@ -678,14 +678,7 @@ async fn apply_cache(
             prune(ctx, &s.stateful_sets, names, &tenant_name, &[]).await?;
             prune(ctx, &s.services, names, &tenant_name, &[]).await?;
             let keep = [naming::CREDENTIALS_SECRET.to_string()];
-            secret_access::prune(
-                ctx,
-                names,
-                &tenant_name,
-                &keep,
-                secret_access::Freshness::Cached,
-            )
-            .await?;
+            secret_access::prune(ctx, names, &tenant_name, &keep).await?;
             Ok(format!(
                 "ACL user {} confined to {}*",
                 names.redis_user, names.redis_key_prefix
@@ -808,14 +801,7 @@ async fn apply_secrets(
             RedisMode::Dedicated => vec![children::DEDICATED_REDIS_SECRET.to_string()],
             RedisMode::Shared => vec![],
         };
-        secret_access::prune(
-            ctx,
-            names,
-            &tenant_name,
-            &keep,
-            secret_access::Freshness::Cached,
-        )
-        .await?;
+        secret_access::prune(ctx, names, &tenant_name, &keep).await?;
     }
     Ok(format!("credentials in {}", stored.join(" and ")))
 }

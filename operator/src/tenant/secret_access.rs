@@ -236,11 +236,25 @@ pub async fn owned(
         .collect())
 }
 
-/// Deletes the tenant's Secrets whose names are not in `keep`, each only
-/// as listed (a Secret changed since stays until the next pass).
-/// [`Freshness::Cached`] for a reconcile, which a later one follows;
-/// [`Freshness::Current`] for a cleanup, after which none does.
+/// Deletes the tenant's Secrets whose names are not in `keep`, as the API
+/// server's cache lists them: a reconcile's, which a later one follows.
 pub async fn prune(
+    ctx: &Context,
+    names: &TenantNames,
+    tenant: &str,
+    keep: &[String],
+) -> Result<(), Error> {
+    delete_listed(ctx, names, tenant, keep, Freshness::Cached).await
+}
+
+/// Deletes every Secret of the tenant's, from a current list: a cleanup's,
+/// after which no pass follows.
+pub async fn prune_all(ctx: &Context, names: &TenantNames, tenant: &str) -> Result<(), Error> {
+    delete_listed(ctx, names, tenant, &[], Freshness::Current).await
+}
+
+/// Each Secret is deleted only as listed: one changed since stays.
+async fn delete_listed(
     ctx: &Context,
     names: &TenantNames,
     tenant: &str,

@@ -23,7 +23,7 @@ const fn col(name: &'static str, ty: &'static str, not_null: bool) -> Column {
 
 /// Partial aggregates per metric, partner, dimensions and bucket; `k` is a
 /// percentile's bin, `v` a distinct value.
-pub(super) const ROLLUP: &[Column] = &[
+const ROLLUP: &[Column] = &[
     col("metric", "text", true),
     col("partner", "text", true),
     col("dims", "jsonb", true),
@@ -38,25 +38,21 @@ pub(super) const ROLLUP: &[Column] = &[
 ];
 
 /// The rollup's columns without the bucket: merged over a metric's window.
-pub(super) const WINDOW: &[Column] = &[
-    col("metric", "text", true),
-    col("partner", "text", true),
-    col("dims", "jsonb", true),
-    col("k", "bigint", true),
-    col("v", "text", false),
-    col("n", "bigint", true),
-    col("m", "bigint", true),
-    col("s", "numeric", false),
-    col("lo", "numeric", false),
-    col("hi", "numeric", false),
-];
+pub(super) fn window_columns() -> Vec<&'static Column> {
+    ROLLUP.iter().filter(|c| c.name != "bucket").collect()
+}
+
+/// The rollup's columns.
+pub(super) fn rollup_columns() -> Vec<&'static Column> {
+    ROLLUP.iter().collect()
+}
 
 /// Room left in each page of the rollup and window tables, so that adding
 /// a change to a key's counts can rewrite the row in its page without
 /// touching the indexes (a HOT update).
 const FILLFACTOR: u32 = 80;
 
-fn names(columns: &[Column]) -> String {
+fn names(columns: &[&Column]) -> String {
     columns
         .iter()
         .map(|c| c.name)
@@ -65,7 +61,7 @@ fn names(columns: &[Column]) -> String {
 }
 
 /// `CREATE TABLE` for an empty derived table.
-pub(super) fn create(qualified: &str, columns: &[Column]) -> String {
+pub(super) fn create(qualified: &str, columns: &[&Column]) -> String {
     let definitions: Vec<String> = columns
         .iter()
         .map(|c| {
@@ -85,7 +81,7 @@ pub(super) fn create(qualified: &str, columns: &[Column]) -> String {
 pub(super) fn replacement(
     schema: &str,
     table: &str,
-    columns: &[Column],
+    columns: &[&Column],
     selects: &[String],
 ) -> Vec<String> {
     let s = quote_ident(schema);
@@ -156,8 +152,8 @@ mod tests {
 
     #[test]
     fn the_column_lists_statements_name_are_the_tables_columns() {
-        assert_eq!(names(ROLLUP), ROLLUP_COLUMNS);
-        assert_eq!(names(WINDOW), WINDOW_COLUMNS);
+        assert_eq!(names(&rollup_columns()), ROLLUP_COLUMNS);
+        assert_eq!(names(&window_columns()), WINDOW_COLUMNS);
     }
 
     #[test]
@@ -165,7 +161,7 @@ mod tests {
         let statements = replacement(
             "t",
             "_pp_1_window",
-            WINDOW,
+            &window_columns(),
             &["SELECT a".into(), "SELECT b".into()],
         );
         assert_eq!(statements.len(), 4);
@@ -177,8 +173,8 @@ mod tests {
             "FROM (SELECT a UNION ALL SELECT b) AS all_metrics (metric, partner, dims, k, v, n, m, s, lo, hi)"
         ));
         // Every NOT NULL of the created table, and only those.
-        let created = create("x", WINDOW);
-        for c in WINDOW {
+        let created = create("x", &window_columns());
+        for c in window_columns() {
             assert_eq!(
                 statements[1].contains(&format!("ALTER COLUMN {} SET NOT NULL", c.name)),
                 created.contains(&format!("{} {} NOT NULL", c.name, c.ty)),

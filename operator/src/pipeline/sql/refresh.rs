@@ -263,7 +263,12 @@ pub async fn refresh(
         let selects: Vec<String> = work.iter().map(rebuilt_rows).collect();
         replace(
             tx,
-            derived::replacement(&target.schema, &names.rollup, derived::ROLLUP, &selects),
+            derived::replacement(
+                &target.schema,
+                &names.rollup,
+                &derived::rollup_columns(),
+                &selects,
+            ),
             derived::rollup_index(&target.schema, &names),
         )
         .await?;
@@ -436,7 +441,12 @@ pub async fn refresh(
         let selects: Vec<String> = stale.iter().map(|w| w.c.window_select(&t.rollup)).collect();
         replace(
             tx,
-            derived::replacement(&target.schema, &names.window, derived::WINDOW, &selects),
+            derived::replacement(
+                &target.schema,
+                &names.window,
+                &derived::window_columns(),
+                &selects,
+            ),
             derived::window_index(&target.schema, &names),
         )
         .await?;

@@ -374,7 +374,7 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
     let rollup = format!("{s}.{}", quote_ident(&names.rollup));
     if !catalog.tables.contains_key(&names.rollup) {
         out.statements
-            .push(derived::create(&rollup, derived::ROLLUP));
+            .push(derived::create(&rollup, &derived::rollup_columns()));
     }
     // Earlier versions kept two indexes; one ordered by bucket does both jobs.
     for old in [
@@ -400,7 +400,7 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
     if !catalog.tables.contains_key(&names.window) {
         let window = format!("{s}.{}", quote_ident(&names.window));
         out.statements
-            .push(derived::create(&window, derived::WINDOW));
+            .push(derived::create(&window, &derived::window_columns()));
         out.statements.push(derived::window_index(schema, names));
     }
     if !catalog.tables.contains_key(&names.results) {
