@@ -189,3 +189,80 @@ async fn an_edited_or_lost_store_ends_with_credentials_that_log_in_and_an_event(
     let deleted = delete_tenants(&client, &[name, lost]).await;
     result.and(deleted)
 }
+
+/// A reconcile prunes the Secrets of the operator's making it no longer
+/// keeps (listed from the API server's cache), and nothing else: a user's
+/// own Secret and one marked for another tenant stay.
+#[tokio::test]
+async fn a_reconcile_prunes_only_its_own_leftover_secrets() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("prune"), &[]).await?;
+    let name = format!("{}-t", operator.shard);
+    let namespace = partnerplane::naming::TenantNames::new(&name, None).namespace;
+    apply(
+        &client,
+        &operator.tenant(&name, json!({"displayName": "Prune"})),
+        None,
+        false,
+    )
+    .await?;
+    let result = async {
+        wait_condition(&client, &name, "Ready", "True", Duration::from_secs(60)).await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let secret = |secret_name: &str, labelled: bool, owner: &str| {
+            let mut metadata = json!({"name": secret_name, "annotations": {
+                partnerplane::tenant::children::TENANT_ANNOTATION: owner}});
+            if labelled {
+                metadata["labels"] = json!({"app.kubernetes.io/managed-by": "partnerplane"});
+            }
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata,
+                   "stringData": {"k": "v"}})
+        };
+        // As a Dedicated Redis left it; a user's; one marked for another tenant.
+        for (secret_name, labelled, owner) in [
+            ("tenant-redis-password", true, name.as_str()),
+            ("users-own", false, name.as_str()),
+            ("someone-elses", true, "another-tenant"),
+        ] {
+            apply(
+                &client,
+                &secret(secret_name, labelled, owner),
+                Some(&namespace),
+                false,
+            )
+            .await?;
+        }
+        // A new generation reconciles.
+        apply(
+            &client,
+            &operator.tenant(&name, json!({"displayName": "Prune again"})),
+            None,
+            false,
+        )
+        .await?;
+        wait_until(
+            "the leftover Secret to be pruned",
+            Duration::from_secs(60),
+            || {
+                let secrets = secrets.clone();
+                async move {
+                    Ok(secrets
+                        .get_opt("tenant-redis-password")
+                        .await?
+                        .is_none()
+                        .then_some(()))
+                }
+            },
+        )
+        .await?;
+        wait_condition(&client, &name, "Ready", "True", Duration::from_secs(60)).await?;
+        for kept in ["users-own", "someone-elses"] {
+            assert!(secrets.get_opt(kept).await?.is_some(), "{kept} was deleted");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    delete_tenants(&client, &[name]).await?;
+    result
+}
