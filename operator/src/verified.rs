@@ -3,9 +3,16 @@
 //! a fingerprint of that wish. The watch caches hold only metadata, so an
 //! object whose version and wish are both unchanged needs no read; any
 //! other is read once, by name, and compared in full.
+//!
+//! Entries are fixed-size fingerprints, not the names and versions
+//! themselves: at 10,000 tenants the maps hold about 90,000 entries, and
+//! three strings each cost more than the rest of the entry. Object keys are
+//! hashed with a per-process random key; a version is compared only with the
+//! one recorded under the same object, and the API server never gives two
+//! writes the same version.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,11 +28,15 @@ pub fn object_key(meta: &ObjectMeta) -> Option<(String, String)> {
     ))
 }
 
-/// `(namespace, name)` → (resourceVersion, fingerprint of the wish).
-type Confirmed = HashMap<(String, String), (String, u64)>;
+/// Fingerprint of an object's `(namespace, name)` → (fingerprint of the
+/// confirmed resourceVersion, fingerprint of the wish).
+type Confirmed = HashMap<u64, (u64, u64)>;
 
 #[derive(Clone, Default)]
-pub struct Verified(Arc<Mutex<Confirmed>>);
+pub struct Verified {
+    confirmed: Arc<Mutex<Confirmed>>,
+    keys: RandomState,
+}
 
 /// A fingerprint of a desired object (stable within the process).
 pub fn fingerprint(desired: &Value) -> u64 {
@@ -35,26 +46,33 @@ pub fn fingerprint(desired: &Value) -> u64 {
 }
 
 impl Verified {
+    fn key(&self, namespace: Option<&str>, name: &str) -> u64 {
+        self.keys.hash_one((namespace.unwrap_or_default(), name))
+    }
+
+    fn version(&self, version: &str) -> u64 {
+        self.keys.hash_one(version)
+    }
+
     /// Whether the object, at the version the cache shows, was confirmed to
     /// match the wish `wish`.
     pub fn holds<K>(&self, cached: &Slim<K>, wish: u64) -> bool {
-        let Some(version) = cached.resource_version.as_ref() else {
+        let Some(version) = cached.resource_version.as_deref() else {
             return false;
         };
-        let key = (
-            cached.namespace.clone().unwrap_or_default(),
-            cached.name.clone(),
-        );
-        let confirmed = self.0.lock().expect("verified lock");
+        let key = self.key(cached.namespace.as_deref(), &cached.name);
+        let confirmed = self.confirmed.lock().expect("verified lock");
         confirmed
             .get(&key)
-            .is_some_and(|(v, w)| v == version && *w == wish)
+            .is_some_and(|(v, w)| *v == self.version(version) && *w == wish)
     }
 
     /// Records that the object, at the version `meta` carries, matches `wish`.
     pub fn record(&self, meta: &ObjectMeta, wish: u64) {
-        if let (Some(key), Some(version)) = (object_key(meta), meta.resource_version.clone()) {
-            self.0
+        if let (Some(name), Some(version)) = (&meta.name, &meta.resource_version) {
+            let key = self.key(meta.namespace.as_deref(), name);
+            let version = self.version(version);
+            self.confirmed
                 .lock()
                 .expect("verified lock")
                 .insert(key, (version, wish));
@@ -63,8 +81,9 @@ impl Verified {
 
     /// Forgets a deleted object.
     pub fn forget(&self, meta: &ObjectMeta) {
-        if let Some(key) = object_key(meta) {
-            self.0.lock().expect("verified lock").remove(&key);
+        if let Some(name) = &meta.name {
+            let key = self.key(meta.namespace.as_deref(), name);
+            self.confirmed.lock().expect("verified lock").remove(&key);
         }
     }
 }

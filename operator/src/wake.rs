@@ -8,7 +8,7 @@
 //! the watch was down.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -16,7 +16,7 @@ use kube::Resource;
 use kube::runtime::watcher::Event;
 
 use crate::own_writes::OwnWrites;
-use crate::verified::object_key;
+use crate::slim::Slim;
 
 /// What of an object's metadata tells a change that matters (the cache
 /// keeps only other managers' entries on the object itself, see
@@ -41,22 +41,38 @@ pub fn fingerprint(meta: &ObjectMeta) -> u64 {
 pub struct Wake {
     pub own_writes: OwnWrites,
     state: Arc<Mutex<Seen>>,
+    keys: RandomState,
 }
 
+/// Fingerprints only: at 10,000 tenants about 90,000 objects are seen, and
+/// their names are already in the cache beside this.
 #[derive(Default)]
 struct Seen {
-    /// Each object's fingerprint and the tenant it names.
-    objects: HashMap<(String, String), (u64, Option<String>)>,
+    /// Each object's fingerprint, by a fingerprint of its namespace and name.
+    objects: HashMap<u64, u64>,
     /// During a relist: the objects it has shown so far.
-    relisted: Option<HashSet<(String, String)>>,
+    relisted: Option<HashSet<u64>>,
 }
 
 impl Wake {
+    fn key(&self, namespace: Option<&str>, name: &str) -> u64 {
+        self.keys.hash_one((namespace.unwrap_or_default(), name))
+    }
+
     /// The objects whose tenants `event` should wake. A relist (after a
     /// restart of the API server, an expired watch) wakes only for objects
     /// that changed or went while the watch was down: 10,000 tenants must
-    /// not all be reconciled because a connection dropped.
-    pub fn wakes<K: Resource + Clone + Default>(&self, event: &Event<K>) -> Vec<K> {
+    /// not all be reconciled because a connection dropped. `cached` gives
+    /// the cache as it was before the relist; it is asked for only when the
+    /// relist ends, before the cache takes the relisted objects.
+    pub fn wakes<K, S>(
+        &self,
+        event: &Event<K>,
+        cached: impl FnOnce() -> Vec<Arc<Slim<S>>>,
+    ) -> Vec<K>
+    where
+        K: Resource + Clone + Default,
+    {
         let mut seen = self.state.lock().expect("wake lock");
         let object = match event {
             Event::Init => {
@@ -67,43 +83,41 @@ impl Wake {
                 let Some(relisted) = seen.relisted.take() else {
                     return vec![];
                 };
-                let gone: Vec<_> = seen
-                    .objects
-                    .keys()
-                    .filter(|key| !relisted.contains(*key))
-                    .cloned()
-                    .collect();
-                return gone
+                seen.objects.retain(|key, _| relisted.contains(key));
+                return cached()
                     .into_iter()
-                    .filter_map(|key| {
-                        let (_, tenant) = seen.objects.remove(&key)?;
-                        tracing::debug!(object = ?key, "gone while the watch was down");
-                        Some(tombstone::<K>(key, tenant))
+                    .filter(|old| !relisted.contains(&self.key(old.namespace.as_deref(), &old.name)))
+                    .map(|old| {
+                        tracing::debug!(object = %old.name, namespace = ?old.namespace, "gone while the watch was down");
+                        tombstone::<K, S>(&old)
                     })
                     .collect();
             }
             Event::Delete(object) => {
-                if let Some(key) = object_key(object.meta()) {
+                let meta = object.meta();
+                if let Some(name) = &meta.name {
+                    let key = self.key(meta.namespace.as_deref(), name);
                     seen.objects.remove(&key);
                 }
                 return vec![object.clone()];
             }
             Event::Apply(object) | Event::InitApply(object) => object,
         };
-        let Some(key) = object_key(object.meta()) else {
+        let meta = object.meta();
+        let Some(name) = &meta.name else {
             return vec![];
         };
+        let key = self.key(meta.namespace.as_deref(), name);
         if let (Event::InitApply(_), Some(relisted)) = (event, seen.relisted.as_mut()) {
-            relisted.insert(key.clone());
+            relisted.insert(key);
         }
-        let print = fingerprint(object.meta());
-        let tenant = crate::tenant::children::tenant_of(object);
-        let before = seen.objects.insert(key, (print, tenant)).map(|(p, _)| p);
+        let print = fingerprint(meta);
+        let before = seen.objects.insert(key, print);
         // Only a changed fingerprint may be an echo: an unrelated event
         // (a status update) must not use up the announcement.
         let wakes = before != Some(print) && !self.own_writes.is_echo(object);
         if wakes {
-            tracing::debug!(object = ?object_key(object.meta()), "a change wakes the tenant");
+            tracing::debug!(object = %name, namespace = ?meta.namespace, "a change wakes the tenant");
             vec![object.clone()]
         } else {
             vec![]
@@ -111,16 +125,16 @@ impl Wake {
     }
 }
 
-/// An object known only by its key and tenant, for the tenant's wake-up.
-fn tombstone<K: Resource + Default>(key: (String, String), tenant: Option<String>) -> K {
+/// An object known only from the cache, for its tenant's wake-up.
+fn tombstone<K: Resource + Default, S>(cached: &Slim<S>) -> K {
     let mut object = K::default();
     let meta = object.meta_mut();
-    meta.namespace = Some(key.0).filter(|ns| !ns.is_empty());
-    meta.name = Some(key.1);
-    meta.annotations = tenant.map(|t| {
+    meta.namespace = cached.namespace.clone();
+    meta.name = Some(cached.name.clone());
+    meta.annotations = cached.tenant().map(|t| {
         std::collections::BTreeMap::from([(
             crate::tenant::children::TENANT_ANNOTATION.to_string(),
-            t,
+            t.to_string(),
         )])
     });
     object
@@ -146,7 +160,9 @@ mod tests {
     }
 
     fn woken(wake: &Wake, event: Event<ConfigMap>) -> bool {
-        !wake.wakes(&event).is_empty()
+        !wake
+            .wakes(&event, Vec::<Arc<Slim<ConfigMap>>>::new)
+            .is_empty()
     }
 
     #[test]
@@ -191,7 +207,13 @@ mod tests {
             woken(&wake, Event::InitApply(named("edited", "b"))),
             "changed while the watch was down"
         );
-        let gone = wake.wakes(&Event::<ConfigMap>::InitDone);
+        // The cache as it was before the relist: what the watch had shown.
+        let cached = || {
+            ["kept", "edited", "deleted"]
+                .map(|name| Arc::new(Slim::<ConfigMap>::of(&named(name, "a").metadata)))
+                .to_vec()
+        };
+        let gone = wake.wakes(&Event::<ConfigMap>::InitDone, cached);
         assert_eq!(gone.len(), 1, "deleted while the watch was down");
         assert_eq!(
             crate::tenant::children::tenant_of(&gone[0]).as_deref(),

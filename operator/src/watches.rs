@@ -3,6 +3,7 @@
 //! (so drift or deletion of a child triggers its tenant's reconcile).
 
 use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -12,6 +13,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::apply;
 use crate::context::Stores;
@@ -36,6 +38,67 @@ pub struct ChildStreams {
     pub stateful_sets: ChildStream<k8s_openapi::api::apps::v1::StatefulSet>,
 }
 
+/// Settings for every watch: lists come in pages (of 500). A list at
+/// resourceVersion 0 (`any_semantic`) is answered from the API server's
+/// cache whole, whatever its limit: at 10,000 tenants every kind's relist
+/// after an API server restart arrived as one response holding every
+/// object, all kinds at once. A paged list is consistent, and still served
+/// from that cache where the API server can (`ConsistentListFromCache`).
+pub fn paged() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// A watch that relists only while no other watch of the operator does.
+///
+/// A relist fills a new cache beside the old one, which is dropped only
+/// once the relist is done; after an API server restart every watch relists
+/// at once, and at 10,000 tenants all caches held twice raised the peak
+/// memory by about half. One at a time, only one cache is ever held twice.
+/// The turn is taken when the watch announces a relist (before its first
+/// list request) and given up when the relist ends or fails, so a watch
+/// that cannot list (a missing permission) never holds up the others.
+pub fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    static RELISTS: Semaphore = Semaphore::const_new(1);
+    in_turn(watcher(api, config), &RELISTS)
+}
+
+/// `events`, holding a permit of `relists` from a relist's start to its end.
+fn in_turn<K, S>(
+    events: S,
+    relists: &'static Semaphore,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let turn: Arc<Mutex<Option<SemaphorePermit<'static>>>> = Arc::default();
+    events.then(move |event| {
+        let turn = turn.clone();
+        async move {
+            match &event {
+                Ok(watcher::Event::Init) => {
+                    let held = turn.lock().expect("relist turn lock").is_some();
+                    if !held {
+                        let permit = relists.acquire().await.expect("never closed");
+                        *turn.lock().expect("relist turn lock") = Some(permit);
+                    }
+                }
+                Ok(watcher::Event::InitDone) | Err(_) => {
+                    turn.lock().expect("relist turn lock").take();
+                }
+                Ok(_) => {}
+            }
+            event
+        }
+    })
+}
+
 /// A metadata-only watch: existence, the operator's annotations, owners
 /// and the resourceVersion are all the decisions read from the cache (see
 /// [`Slim`]); an object whose version changed since the operator last
@@ -58,11 +121,11 @@ where
     let wake = Wake::default();
     let own_writes = wake.own_writes.clone();
     let verified = Verified::default();
-    let (filer, confirmed) = (index.clone(), verified.clone());
+    let (filer, confirmed, cached) = (index.clone(), verified.clone(), reader.clone());
     // `PartialObjectMeta` makes the list and watch requests metadata-only.
     let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
-    let config = watcher::Config::default().labels(selector).any_semantic();
-    let stream = watcher(api, config)
+    let config = paged().labels(selector);
+    let stream = watch(api, config)
         .backoff(crate::watch_backoff::WatchBackoff::default())
         .map_ok(move |event| {
             // Drift shows as a new resourceVersion (the full read carries
@@ -74,9 +137,11 @@ where
             if let watcher::Event::Delete(object) = &event {
                 confirmed.forget(&object.metadata);
             }
+            // Only others' changes wake the tenant; what went while the
+            // watch was down is read from the cache before it takes the relist.
+            let woken = wake.wakes(&event, || cached.state());
+            // The cache follows every event.
             writer.apply_watcher_event(&crate::slim::event(&event));
-            // The cache follows every event; only others' changes wake the tenant.
-            let woken = wake.wakes(&event);
             if let watcher::Event::InitDone = &event {
                 // Gone while the watch was down.
                 for object in &woken {
@@ -115,7 +180,7 @@ pub fn tenant_changes(
     tenants: Api<crate::api::PartnerTenant>,
     config: watcher::Config,
 ) -> impl futures::Stream<Item = Result<crate::api::PartnerTenant, watcher::Error>> + Send {
-    watcher(tenants, config)
+    watch(tenants, config)
         .backoff(crate::watch_backoff::WatchBackoff::default())
         .touched_objects()
 }
@@ -186,5 +251,68 @@ impl Stores {
         self.role_bindings.wait_until_ready().await?;
         self.services.wait_until_ready().await?;
         self.stateful_sets.wait_until_ready().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    type Events = Vec<Result<watcher::Event<()>, watcher::Error>>;
+
+    fn relist() -> Events {
+        vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(())),
+            Ok(watcher::Event::InitDone),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_relist_waits_for_another_to_end_or_fail() {
+        static RELISTS: Semaphore = Semaphore::const_new(1);
+        let mut first = Box::pin(in_turn(futures::stream::iter(relist()), &RELISTS));
+        let failing: Events = vec![
+            Ok(watcher::Event::Init),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitDone),
+        ];
+        let mut second = Box::pin(in_turn(futures::stream::iter(failing), &RELISTS));
+        let mut third = Box::pin(in_turn(futures::stream::iter(relist()), &RELISTS));
+
+        assert!(matches!(first.next().await, Some(Ok(watcher::Event::Init))));
+        assert!(second.next().now_or_never().is_none(), "waits its turn");
+        assert!(first.next().await.is_some(), "the first relists on");
+        assert!(matches!(
+            first.next().await,
+            Some(Ok(watcher::Event::InitDone))
+        ));
+        assert!(matches!(
+            second.next().await,
+            Some(Ok(watcher::Event::Init))
+        ));
+        assert!(third.next().now_or_never().is_none(), "waits its turn");
+        assert!(
+            matches!(second.next().await, Some(Err(_))),
+            "its list failed"
+        );
+        // The failure gave the turn up: the third relists before the second retries.
+        assert!(matches!(third.next().await, Some(Ok(watcher::Event::Init))));
+        assert!(second.next().now_or_never().is_none(), "waits again");
+        third.next().await;
+        assert!(matches!(
+            third.next().await,
+            Some(Ok(watcher::Event::InitDone))
+        ));
+        assert!(matches!(
+            second.next().await,
+            Some(Ok(watcher::Event::Init))
+        ));
+        assert!(matches!(
+            second.next().await,
+            Some(Ok(watcher::Event::InitDone))
+        ));
     }
 }

@@ -25,10 +25,10 @@ use std::time::Instant;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
 use tracing::Instrument;
 
 use crate::api::{MetricPipeline, PartnerTenant};
@@ -138,11 +138,11 @@ pub async fn run(
     let pipelines: Api<MetricPipeline> = Api::all(ctx.shared.client.clone());
     let (reader, writer) = reflector::store();
     // Shards split pipelines by the same label selector as tenants.
-    let mut config = watcher::Config::default().any_semantic();
+    let mut config = crate::watches::paged();
     if let Some(selector) = &selector {
         config = config.labels(selector);
     }
-    let stream = watcher(pipelines, config.clone())
+    let stream = crate::watches::watch(pipelines, config.clone())
         .modify(|pipeline| crate::watches::drop_bookkeeping(&mut pipeline.metadata))
         .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)

@@ -22,10 +22,10 @@ use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::Event as FinalizerEvent;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
 use tracing::Instrument;
 
 use crate::api::PartnerTenant;
@@ -167,7 +167,7 @@ pub async fn run(
     fn owner<K: kube::Resource>(object: K) -> Option<ObjectRef<TenantMeta>> {
         children::tenant_of(&object).map(|name| ObjectRef::new(&name))
     }
-    let mut tenant_watch = watcher::Config::default().any_semantic();
+    let mut tenant_watch = crate::watches::paged();
     if let Some(selector) = &selector {
         tenant_watch = tenant_watch.labels(selector);
     }
@@ -175,7 +175,7 @@ pub async fn run(
     let echoes = Arc::new(finalizer::Echoes::default());
     let filter = echoes.clone();
     let (reader, writer) = reflector::store();
-    let tenant_stream = watcher(tenants, tenant_watch)
+    let tenant_stream = crate::watches::watch(tenants, tenant_watch)
         .modify(|tenant| crate::watches::drop_bookkeeping(&mut tenant.metadata))
         .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)

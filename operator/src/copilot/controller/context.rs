@@ -79,8 +79,8 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().labels(SELECTOR).any_semantic();
-    let stream = watcher(Api::<K>::all(client.clone()), config)
+    let config = crate::watches::paged().labels(SELECTOR);
+    let stream = crate::watches::watch(Api::<K>::all(client.clone()), config)
         // Only other managers' entries tell drift (see `apply`).
         .map_ok(|event| {
             event.modify(|object| {
@@ -105,9 +105,9 @@ pub fn watches(client: &kube::Client) -> (CopilotStores, CopilotStreams) {
     // Every pipeline, whatever its shard: a copilot reads the result tables
     // of all pipelines in its namespace. Only a new result table matters.
     let (pipelines, writer) = reflector::store();
-    let pipelines_stream = watcher(
+    let pipelines_stream = crate::watches::watch(
         Api::<MetricPipeline>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        crate::watches::paged(),
     )
     .backoff(crate::watch_backoff::WatchBackoff::default())
     .reflect(writer)

@@ -20,10 +20,10 @@ use std::time::Instant;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
 use tracing::Instrument;
 
 use crate::api::{CopilotDeployment, PartnerTenant};
@@ -150,11 +150,11 @@ pub async fn run(
     });
     let copilots: Api<CopilotDeployment> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let mut config = watcher::Config::default().any_semantic();
+    let mut config = crate::watches::paged();
     if let Some(selector) = &selector {
         config = config.labels(selector);
     }
-    let stream = watcher(copilots, config.clone())
+    let stream = crate::watches::watch(copilots, config.clone())
         .modify(|copilot| crate::watches::drop_bookkeeping(&mut copilot.metadata))
         .backoff(crate::watch_backoff::WatchBackoff::default())
         .reflect(writer)
