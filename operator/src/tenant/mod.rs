@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, GetParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -62,7 +62,7 @@ async fn reconcile(
     }
     let started = Instant::now();
     let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
-    let Some(tenant) = api.get_opt(&seen.name_any()).await? else {
+    let Some(tenant) = read_not_older_than(&api, &seen).await? else {
         // Gone since the event (its finalizer removed by hand, say): nothing
         // left to reconcile, and no longer one of the operator's tenants.
         ctx.metrics.set_tenant_ready(&seen.name_any(), None);
@@ -109,6 +109,25 @@ async fn reconcile(
         })
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// The whole tenant (the cache holds its metadata only), at least as new as
+/// the version the watch delivered. The API server answers such a read from
+/// its watch cache, where a read without a version goes to etcd: on every
+/// reconcile of every tenant.
+async fn read_not_older_than(
+    api: &Api<PartnerTenant>,
+    seen: &TenantMeta,
+) -> Result<Option<PartnerTenant>, kube::Error> {
+    let params = match seen.resource_version() {
+        Some(version) => GetParams::at(&version),
+        None => GetParams::default(),
+    };
+    match api.get_with(&seen.name_any(), &params).await {
+        Ok(tenant) => Ok(Some(tenant)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn error_policy(tenant: Arc<TenantMeta>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -165,7 +165,10 @@ pub async fn apply(
         apply_kubernetes(&tenant, &names, &claim, origin, adopting, ctx).await,
     );
     fail::fail_point!("tenant-after-namespace");
-    let (credentials, cred_origin, secret_was_read) = load_credentials(&tenant, &names, ctx).await;
+    // A namespace this pass created holds no Secret to read.
+    let namespace_is_new = claim == Claim::Create && namespace.ready;
+    let (credentials, cred_origin, secret_was_read) =
+        load_credentials(&tenant, &names, namespace_is_new, ctx).await;
     // Postgres and Redis are apart: their parts run together.
     let (mut rotated, mut rotated_cache) = (vec![], vec![]);
     let (database, cache) = futures::join!(
@@ -533,9 +536,12 @@ async fn release_adoption_mark(
 async fn load_credentials(
     tenant: &PartnerTenant,
     names: &TenantNames,
+    namespace_is_new: bool,
     ctx: &Context,
 ) -> (Credentials, Origin, bool) {
-    let (secret, secret_was_read) = if stores_in_kubernetes(tenant) || stores_in_vault(tenant) {
+    let (secret, secret_was_read) = if namespace_is_new {
+        (Some(StoreRead::Missing), false)
+    } else if stores_in_kubernetes(tenant) || stores_in_vault(tenant) {
         let (read, present) = credentials_from_secret(names, &tenant.name_any(), ctx).await;
         (Some(read), present)
     } else {
