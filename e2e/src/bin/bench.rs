@@ -4,7 +4,9 @@
 //! Prints throughput, apply→Ready latency percentiles, API writes and
 //! backend ensures per tenant and the operator's peak RSS (also across a
 //! restart of the control plane, which makes every watch relist), then the
-//! floor's time and the ratio (`--no-floor` skips the floor). `--shards N`
+//! floor's time and the ratio (`--no-floor` skips the floor; `--floor-only`
+//! runs the floor alone, for an N whose teardown between phases would take
+//! longer than both phases together). `--shards N`
 //! splits the tenants across N operators, each selecting its own. Each
 //! phase starts once the previous one's namespaces are gone, not only
 //! terminating.
@@ -516,6 +518,14 @@ async fn main() -> anyhow::Result<()> {
         "partnerplane bench: {tenants} tenants, {shards} operator shard(s), {cores} cores, apply concurrency {CONCURRENCY}"
     );
 
+    if std::env::args().any(|a| a == "--floor-only") {
+        let (floor, _) = run_floor(&testbed, &client, tenants).await?;
+        println!(
+            "floor (same backend operations, issued directly): {:.1} s",
+            floor.as_secs_f64()
+        );
+        return Ok(());
+    }
     let (run, operator_tenants) = run_operator(&testbed, &client, tenants, shards).await?;
     let secs = run.total.as_secs_f64();
 
