@@ -62,7 +62,7 @@ async fn reconcile(
     }
     let started = Instant::now();
     let api: Api<PartnerTenant> = Api::all(ctx.client.clone());
-    let Some(tenant) = read_not_older_than(&api, &seen).await? else {
+    let Some(tenant) = read(&api, &seen, &written).await? else {
         // Gone since the event (its finalizer removed by hand, say): nothing
         // left to reconcile, and no longer one of the operator's tenants.
         ctx.metrics.set_tenant_ready(&seen.name_any(), None);
@@ -111,23 +111,34 @@ async fn reconcile(
     result
 }
 
-/// The whole tenant (the cache holds its metadata only), at least as new as
-/// the version the watch delivered. The API server answers such a read from
-/// its watch cache, where a read without a version goes to etcd: on every
-/// reconcile of every tenant.
-async fn read_not_older_than(
+/// The whole tenant (the cache holds its metadata only). First at least as
+/// new as the version the watch delivered, which the API server answers from
+/// its watch cache where a read without a version goes to etcd: on every
+/// reconcile of every tenant. That cache may lag the status this controller
+/// wrote last by a moment; the records in it decide what a deletion cleans
+/// up and what a change of store detaches, so a tenant being deleted, or
+/// one whose status read is not the last written, is read again from etcd.
+async fn read(
     api: &Api<PartnerTenant>,
     seen: &TenantMeta,
+    written: &status::Written,
 ) -> Result<Option<PartnerTenant>, kube::Error> {
+    let name = seen.name_any();
     let params = match seen.resource_version() {
         Some(version) => GetParams::at(&version),
-        None => GetParams::default(),
+        None => return api.get_opt(&name).await,
     };
-    match api.get_with(&seen.name_any(), &params).await {
-        Ok(tenant) => Ok(Some(tenant)),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-        Err(e) => Err(e),
+    let tenant = match api.get_with(&name, &params).await {
+        Ok(tenant) => tenant,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let deleting = tenant.metadata.deletion_timestamp.is_some();
+    let uid = tenant.uid().unwrap_or_default();
+    if deleting || !written.shows(&uid, tenant.status.as_ref()) {
+        return api.get_opt(&name).await;
     }
+    Ok(Some(tenant))
 }
 
 fn error_policy(tenant: Arc<TenantMeta>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -67,6 +67,16 @@ impl Written {
         self.0.lock().expect("not poisoned").remove(uid);
     }
 
+    /// Whether `read` shows the status last written for `uid` (or none was
+    /// written by this process).
+    pub fn shows(&self, uid: &str, read: Option<&PartnerTenantStatus>) -> bool {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .get(uid)
+            .is_none_or(|last| read.is_some_and(|read| *last == fingerprint(read)))
+    }
+
     /// Whether writing `status` would change nothing: the tenant as `read`
     /// has it, and no later write for `uid` (not yet in `read`) differs.
     pub fn is_current(
@@ -112,6 +122,21 @@ mod tests {
         written.record("u", &ready);
         assert!(written.is_current("u", Some(&ready), &ready));
         assert!(!written.is_current("u", Some(&with_ready(false)), &ready));
+    }
+
+    #[test]
+    fn a_read_shows_the_last_write_only_when_it_holds_it() {
+        let written = Written::default();
+        let (ready, failing) = (with_ready(true), with_ready(false));
+        assert!(written.shows("u", None), "nothing written by this process");
+        written.record("u", &ready);
+        assert!(written.shows("u", Some(&ready)));
+        assert!(!written.shows("u", Some(&failing)), "a read from before it");
+        assert!(!written.shows("u", None), "a read from before any status");
+        assert!(
+            written.shows("v", Some(&failing)),
+            "other tenants are apart"
+        );
     }
 
     #[test]
