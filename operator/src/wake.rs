@@ -7,7 +7,7 @@
 //! Deletions always wake; a relist wakes for what changed or went while
 //! the watch was down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
@@ -50,8 +50,10 @@ pub struct Wake {
 struct Seen {
     /// Each object's fingerprint, by a fingerprint of its namespace and name.
     objects: HashMap<u64, u64>,
-    /// During a relist: the objects it has shown so far.
-    relisted: Option<HashSet<u64>>,
+    /// During a relist: the objects it has shown so far. They replace
+    /// `objects` only once it ends, so one that fails part way leaves
+    /// `objects` as the cache still has them.
+    relisted: Option<HashMap<u64, u64>>,
 }
 
 impl Wake {
@@ -76,17 +78,22 @@ impl Wake {
         let mut seen = self.state.lock().expect("wake lock");
         let object = match event {
             Event::Init => {
-                seen.relisted = Some(HashSet::new());
+                seen.relisted = Some(HashMap::new());
                 return vec![];
             }
             Event::InitDone => {
                 let Some(relisted) = seen.relisted.take() else {
                     return vec![];
                 };
-                seen.objects.retain(|key, _| relisted.contains(key));
+                seen.objects = relisted;
+                let seen = &*seen;
                 return cached()
                     .into_iter()
-                    .filter(|old| !relisted.contains(&self.key(old.namespace.as_deref(), &old.name)))
+                    .filter(|old| {
+                        !seen
+                            .objects
+                            .contains_key(&self.key(old.namespace.as_deref(), &old.name))
+                    })
                     .map(|old| {
                         tracing::debug!(object = %old.name, namespace = ?old.namespace, "gone while the watch was down");
                         tombstone::<K, S>(&old)
@@ -108,11 +115,14 @@ impl Wake {
             return vec![];
         };
         let key = self.key(meta.namespace.as_deref(), name);
-        if let (Event::InitApply(_), Some(relisted)) = (event, seen.relisted.as_mut()) {
-            relisted.insert(key);
-        }
         let print = fingerprint(meta);
-        let before = seen.objects.insert(key, print);
+        let before = match (event, seen.relisted.as_mut()) {
+            (Event::InitApply(_), Some(relisted)) => {
+                relisted.insert(key, print);
+                seen.objects.get(&key).copied()
+            }
+            _ => seen.objects.insert(key, print),
+        };
         // Only a changed fingerprint may be an echo: an unrelated event
         // (a status update) must not use up the announcement.
         let wakes = before != Some(print) && !self.own_writes.is_echo(object);

@@ -4,6 +4,7 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -13,7 +14,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::apply;
 use crate::context::Stores;
@@ -68,7 +69,12 @@ where
     in_turn(watcher(api, config), &RELISTS)
 }
 
-/// `events`, holding a permit of `relists` from a relist's start to its end.
+/// Longest a relist keeps its turn: a list that hangs (a connection lost
+/// without a reset) must not stop every other watch from relisting.
+const LONGEST_TURN: Duration = Duration::from_secs(60);
+
+/// `events`, holding a permit of `relists` from a relist's start to its end
+/// (or for [`LONGEST_TURN`] at most).
 fn in_turn<K, S>(
     events: S,
     relists: &'static Semaphore,
@@ -77,7 +83,9 @@ where
     K: Send + 'static,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    let turn: Arc<Mutex<Option<SemaphorePermit<'static>>>> = Arc::default();
+    // Dropping the sender ends the turn; the permit lives in a task that
+    // also ends it once the turn has lasted too long.
+    let turn: Arc<Mutex<Option<oneshot::Sender<()>>>> = Arc::default();
     events.then(move |event| {
         let turn = turn.clone();
         async move {
@@ -86,7 +94,12 @@ where
                     let held = turn.lock().expect("relist turn lock").is_some();
                     if !held {
                         let permit = relists.acquire().await.expect("never closed");
-                        *turn.lock().expect("relist turn lock") = Some(permit);
+                        let (end, ended) = oneshot::channel::<()>();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let _ = tokio::time::timeout(LONGEST_TURN, ended).await;
+                        });
+                        *turn.lock().expect("relist turn lock") = Some(end);
                     }
                 }
                 Ok(watcher::Event::InitDone) | Err(_) => {
@@ -314,5 +327,25 @@ mod tests {
             second.next().await,
             Some(Ok(watcher::Event::InitDone))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_that_hangs_gives_its_turn_up_in_time() {
+        static RELISTS: Semaphore = Semaphore::const_new(1);
+        // Announces a relist, then its list never answers.
+        let hanging = futures::stream::iter(vec![Ok(watcher::Event::<()>::Init)])
+            .chain(futures::stream::pending());
+        let mut first = Box::pin(in_turn(hanging, &RELISTS));
+        let mut second = Box::pin(in_turn(futures::stream::iter(relist()), &RELISTS));
+        assert!(matches!(first.next().await, Some(Ok(watcher::Event::Init))));
+        let waiting = tokio::time::Instant::now();
+        assert!(matches!(
+            second.next().await,
+            Some(Ok(watcher::Event::Init))
+        ));
+        assert!(
+            waiting.elapsed() >= LONGEST_TURN,
+            "not before the turn ran out"
+        );
     }
 }
