@@ -41,6 +41,7 @@ status:
 
 ## bench: N tenants (default 1000) apply -> Ready against a direct floor; BENCH_TENANTS=N to change,
 ##        BENCH_SHARDS=N to split them across N operator shards (peak RSS per shard);
+##        BENCH_TENANT_ARGS=--tenant-writes adds a floor that also writes each PartnerTenant;
 ##        then MetricPipeline refreshes against their targets (BENCH_ROWS=N, default 1000000;
 ##        BENCH_PIPELINE_ARGS=--with-operator adds 200 pipelines through the operator).
 ##        Then a copilot's retrieval: load, HNSW build, latency and recall@10 (BENCH_CHUNKS=N,
@@ -48,7 +49,7 @@ status:
 ##        BENCH=tenants, BENCH=pipelines or BENCH=copilots runs only one of the three.
 bench: up
 	cargo build --release -p partnerplane -p partnerplane-e2e --bins
-	if [[ "$${BENCH:-all}" =~ ^(all|tenants)$$ ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000} --shards $${BENCH_SHARDS:-1}; fi
+	if [[ "$${BENCH:-all}" =~ ^(all|tenants)$$ ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/bench --tenants $${BENCH_TENANTS:-1000} --shards $${BENCH_SHARDS:-1} $${BENCH_TENANT_ARGS:-}; fi
 	if [[ "$${BENCH:-all}" =~ ^(all|pipelines)$$ ]]; then source $(ENV) && PARTNERPLANE_BIN=target/release/partnerplane target/release/pipeline_bench --rows $${BENCH_ROWS:-1000000} $${BENCH_PIPELINE_ARGS:-}; fi
 	if [[ "$${BENCH:-all}" =~ ^(all|copilots)$$ ]]; then source $(ENV) && target/release/copilot_bench --chunks $${BENCH_CHUNKS:-100000} $${BENCH_COPILOT_ARGS:-}; fi
 

@@ -6,7 +6,9 @@
 //! restart of the control plane, which makes every watch relist), then the
 //! floor's time and the ratio (`--no-floor` skips the floor; `--floor-only`
 //! runs the floor alone, for an N whose teardown between phases would take
-//! longer than both phases together). `--shards N`
+//! longer than both phases together). `--tenant-writes` then runs the floor
+//! again with each tenant's own PartnerTenant writes added (`TenantWrites`),
+//! which parts the operator's overhead from the custom resource's. `--shards N`
 //! splits the tenants across N operators, each selecting its own. Each
 //! phase starts once the previous one's namespaces are gone, not only
 //! terminating.
@@ -16,10 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{self, Event, EventType, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use partnerplane::api::tenant::Tier;
 use partnerplane::api::{PartnerTenant, PartnerTenantSpec};
+use partnerplane::apply::FIELD_MANAGER;
 use partnerplane::backends::postgres::{PasswordPolicy, Postgres};
 use partnerplane::backends::redis::{AclUser, Redis};
 use partnerplane::backends::vault::Vault;
@@ -27,9 +32,9 @@ use partnerplane::config::{OperatorConfig, PostgresBackendConfig};
 use partnerplane::credentials::Credentials;
 use partnerplane::metrics::Metrics;
 use partnerplane::naming::TenantNames;
-use partnerplane::tenant::children;
 use partnerplane::tenant::ownership::Origin;
 use partnerplane::tenant::secret_access::{self, SecretAccess};
+use partnerplane::tenant::{self, children};
 use partnerplane_e2e::operator::SHARD_LABEL;
 use partnerplane_e2e::report::percentile;
 use partnerplane_e2e::tenants::delete_tenants;
@@ -182,6 +187,8 @@ struct OperatorRun {
     restart_rss_mib: Vec<Option<f64>>,
     /// Apply -> Ready of a tenant applied right after the restart.
     after_restart: Option<Duration>,
+    /// One Ready tenant's name and status, as the operator wrote it.
+    status_sample: Option<(String, serde_json::Value)>,
 }
 
 /// Restarts the control plane with every tenant Ready, so every watch of
@@ -301,6 +308,7 @@ async fn run_operator(
         peak_rss_mib,
         restart_rss_mib,
         after_restart,
+        status_sample: status_sample(client, &names[0]).await?,
     };
     report(&run, tenants);
     delete_tenants(client, &names).await?;
@@ -382,6 +390,140 @@ async fn namespaces_gone(client: &kube::Client, namespaces: &[String]) -> anyhow
     Ok(())
 }
 
+/// The writes a PartnerTenant itself costs the API server, issued directly
+/// for the floor's `--tenant-writes` variant: the user's apply, the
+/// finalizer, a status write before the work and one after (the operator's
+/// real status, read from one of its tenants, so the objects are as large),
+/// and one Event. What the operator phase adds beyond this floor is the
+/// operator's own overhead; what this floor adds to the plain one is the
+/// cost of the custom resource.
+struct TenantWrites {
+    sample_name: String,
+    status: String,
+    recorder: events::Recorder,
+}
+
+impl TenantWrites {
+    fn new(client: &kube::Client, (name, status): &(String, serde_json::Value)) -> Self {
+        let reporter = Reporter {
+            controller: "partnerplane.io/bench".into(),
+            instance: None,
+        };
+        Self {
+            sample_name: name.clone(),
+            status: status.to_string(),
+            recorder: events::Recorder::new(client.clone(), reporter),
+        }
+    }
+
+    fn status_of(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.status.replace(&self.sample_name, name),
+        )?)
+    }
+
+    async fn write_status(
+        api: &Api<PartnerTenant>,
+        name: &str,
+        status: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let patch = json!({"apiVersion": "partnerplane.io/v1alpha1", "kind": "PartnerTenant", "status": status});
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Before the tenant's objects: apply, finalizer, status "Reconciling".
+    /// Returns the reference its Event names.
+    async fn before(&self, client: &kube::Client, name: &str) -> anyhow::Result<ObjectReference> {
+        let manifest = json!({
+            "apiVersion": "partnerplane.io/v1alpha1",
+            "kind": "PartnerTenant",
+            "metadata": {"name": name},
+            "spec": {"displayName": "Floor", "deletionPolicy": "Delete"},
+        });
+        let created = apply(client, &manifest, None, false).await?;
+        let api: Api<PartnerTenant> = Api::all(client.clone());
+        let finalizer = json!({"metadata": {
+            "finalizers": [tenant::FINALIZER],
+            "resourceVersion": created.metadata.resource_version,
+        }});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&finalizer))
+            .await?;
+        let mut intent = self.status_of(name)?;
+        let reconciling: Vec<serde_json::Value> = intent["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["type"] == "Reconciling")
+            .map(|c| {
+                let mut c = c.clone();
+                c["status"] = json!("True");
+                c
+            })
+            .collect();
+        intent["conditions"] = json!(reconciling);
+        Self::write_status(&api, name, intent).await?;
+        Ok(ObjectReference {
+            api_version: Some("partnerplane.io/v1alpha1".into()),
+            kind: Some("PartnerTenant".into()),
+            name: Some(name.into()),
+            uid: created.metadata.uid,
+            ..Default::default()
+        })
+    }
+
+    /// After the tenant's backends: the final status and its Event.
+    async fn after(
+        &self,
+        client: &kube::Client,
+        name: &str,
+        reference: &ObjectReference,
+    ) -> anyhow::Result<()> {
+        let api: Api<PartnerTenant> = Api::all(client.clone());
+        Self::write_status(&api, name, self.status_of(name)?).await?;
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Ready".into(),
+            note: Some("every part is ready".into()),
+            action: "Provision".into(),
+            secondary: None,
+        };
+        self.recorder.publish(&event, reference).await?;
+        Ok(())
+    }
+
+    /// Deletes the floor's tenant objects; no operator runs to remove their
+    /// finalizer, so it is removed first.
+    async fn remove(client: &kube::Client, names: &[String]) -> anyhow::Result<()> {
+        let api: Api<PartnerTenant> = Api::all(client.clone());
+        let clear = json!({"metadata": {"finalizers": null}});
+        for name in names {
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&clear))
+                .await?;
+            api.delete(name, &Default::default()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One tenant's status as the operator wrote it, or nothing if it has none.
+async fn status_sample(
+    client: &kube::Client,
+    name: &str,
+) -> anyhow::Result<Option<(String, serde_json::Value)>> {
+    let api: Api<PartnerTenant> = Api::all(client.clone());
+    let tenant = api.get(name).await?;
+    Ok(tenant
+        .status
+        .map(|status| serde_json::to_value(status).map(|v| (name.to_string(), v)))
+        .transpose()?)
+}
+
 /// The same backend operations, issued directly: server-side applies of the
 /// tenant's objects, its Postgres statements, its ACL user and its Vault
 /// policy, auth role and credentials — no controller, no caches, no status.
@@ -389,6 +531,7 @@ async fn run_floor(
     testbed: &Testbed,
     client: &kube::Client,
     tenants: usize,
+    tenant_writes: Option<&TenantWrites>,
 ) -> anyhow::Result<(Duration, Vec<TenantNames>)> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config =
@@ -424,6 +567,10 @@ async fn run_floor(
                     serde_json::from_value(json!({"displayName": "Floor"}))?;
                 let mut tenant = PartnerTenant::new(&name, spec);
                 tenant.metadata.uid = Some(format!("floor-{i}"));
+                let reference = match tenant_writes {
+                    Some(writes) => Some(writes.before(&client, &name).await?),
+                    None => None,
+                };
                 let mut objects: Vec<serde_json::Value> = vec![
                     serde_json::to_value(children::namespace(&tenant, &names, Origin::Created))?,
                     serde_json::to_value(children::resource_quota(&tenant, &names))?,
@@ -461,6 +608,9 @@ async fn run_floor(
                         &credentials.to_map(&Default::default()),
                     )
                     .await?;
+                if let (Some(writes), Some(reference)) = (tenant_writes, &reference) {
+                    writes.after(&client, &name, reference).await?;
+                }
                 anyhow::Ok(names)
             }
         })
@@ -477,6 +627,10 @@ async fn run_floor(
         let _ = namespaces
             .delete(&names.namespace, &Default::default())
             .await;
+    }
+    if tenant_writes.is_some() {
+        let tenants: Vec<String> = (0..tenants).map(|i| format!("{prefix}-{i}")).collect();
+        TenantWrites::remove(client, &tenants).await?;
     }
     Ok((elapsed, names))
 }
@@ -519,7 +673,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     if std::env::args().any(|a| a == "--floor-only") {
-        let (floor, _) = run_floor(&testbed, &client, tenants).await?;
+        let (floor, _) = run_floor(&testbed, &client, tenants, None).await?;
         println!(
             "floor (same backend operations, issued directly): {:.1} s",
             floor.as_secs_f64()
@@ -537,7 +691,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|t| TenantNames::new(t, None).namespace)
         .collect();
     namespaces_gone(&client, &operator_namespaces).await?;
-    let (floor, floor_names) = run_floor(&testbed, &client, tenants).await?;
+    let (floor, floor_names) = run_floor(&testbed, &client, tenants, None).await?;
     let floor_namespaces: Vec<String> = floor_names.iter().map(|n| n.namespace.clone()).collect();
     namespaces_gone(&client, &floor_namespaces).await?;
     println!(
@@ -545,5 +699,24 @@ async fn main() -> anyhow::Result<()> {
         floor.as_secs_f64()
     );
     println!("ratio operator / floor: {:.2}", secs / floor.as_secs_f64());
+    if std::env::args().any(|a| a == "--tenant-writes") {
+        let sample = run
+            .status_sample
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no operator tenant had a status to copy"))?;
+        let writes = TenantWrites::new(&client, sample);
+        let (with_writes, names) = run_floor(&testbed, &client, tenants, Some(&writes)).await?;
+        let namespaces: Vec<String> = names.iter().map(|n| n.namespace.clone()).collect();
+        namespaces_gone(&client, &namespaces).await?;
+        println!(
+            "floor with each PartnerTenant's own writes (apply, finalizer, two status writes, one Event): {:.1} s",
+            with_writes.as_secs_f64()
+        );
+        println!(
+            "ratio operator / that floor: {:.2}; that floor / plain floor: {:.2}",
+            secs / with_writes.as_secs_f64(),
+            with_writes.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
     Ok(())
 }
