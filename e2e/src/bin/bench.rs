@@ -42,6 +42,8 @@ use partnerplane_e2e::{Operator, Testbed, apply, unique_name};
 use serde_json::json;
 
 const CONCURRENCY: usize = 32;
+/// The shard label of the `--tenant-writes` floor's tenants.
+const FLOOR_SHARD: &str = "bench-floor";
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -233,6 +235,7 @@ async fn run_operator(
     client: &kube::Client,
     tenants: usize,
     shards: usize,
+    want_sample: bool,
 ) -> anyhow::Result<(OperatorRun, Vec<String>)> {
     let mut operators = vec![];
     for _ in 0..shards {
@@ -308,7 +311,10 @@ async fn run_operator(
         peak_rss_mib,
         restart_rss_mib,
         after_restart,
-        status_sample: status_sample(client, &names[0]).await?,
+        status_sample: match (want_sample, names.first()) {
+            (true, Some(name)) => status_sample(client, name).await.ok().flatten(),
+            _ => None,
+        },
     };
     report(&run, tenants);
     delete_tenants(client, &names).await?;
@@ -443,7 +449,9 @@ impl TenantWrites {
         let manifest = json!({
             "apiVersion": "partnerplane.io/v1alpha1",
             "kind": "PartnerTenant",
-            "metadata": {"name": name},
+            // A shard no operator selects, as the operator phase's tenants
+            // carry one: no operator running here acts on these.
+            "metadata": {"name": name, "labels": {SHARD_LABEL: FLOOR_SHARD}},
             "spec": {"displayName": "Floor", "deletionPolicy": "Delete"},
         });
         let created = apply(client, &manifest, None, false).await?;
@@ -485,11 +493,20 @@ impl TenantWrites {
         reference: &ObjectReference,
     ) -> anyhow::Result<()> {
         let api: Api<PartnerTenant> = Api::all(client.clone());
-        Self::write_status(&api, name, self.status_of(name)?).await?;
+        let status = self.status_of(name)?;
+        // The Event the operator publishes: the Ready condition's words.
+        let ready = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        Self::write_status(&api, name, status).await?;
         let event = Event {
             type_: EventType::Normal,
-            reason: "Ready".into(),
-            note: Some("every part is ready".into()),
+            reason: ready["reason"].as_str().unwrap_or("Provisioned").into(),
+            note: ready["message"].as_str().map(Into::into),
             action: "Provision".into(),
             secondary: None,
         };
@@ -502,12 +519,19 @@ impl TenantWrites {
     async fn remove(client: &kube::Client, names: &[String]) -> anyhow::Result<()> {
         let api: Api<PartnerTenant> = Api::all(client.clone());
         let clear = json!({"metadata": {"finalizers": null}});
-        for name in names {
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&clear))
-                .await?;
-            api.delete(name, &Default::default()).await?;
-        }
-        Ok(())
+        stream::iter(names)
+            .map(|name| {
+                let (api, clear) = (&api, &clear);
+                async move {
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(clear))
+                        .await?;
+                    api.delete(name, &Default::default()).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<()>()
+            .await
     }
 }
 
@@ -672,7 +696,14 @@ async fn main() -> anyhow::Result<()> {
         "partnerplane bench: {tenants} tenants, {shards} operator shard(s), {cores} cores, apply concurrency {CONCURRENCY}"
     );
 
-    if std::env::args().any(|a| a == "--floor-only") {
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let tenant_writes = flag("--tenant-writes");
+    anyhow::ensure!(
+        !(tenant_writes && (flag("--floor-only") || flag("--no-floor"))),
+        "--tenant-writes copies a status from the operator phase and runs after the plain floor: \
+         it cannot go with --floor-only or --no-floor"
+    );
+    if flag("--floor-only") {
         let (floor, _) = run_floor(&testbed, &client, tenants, None).await?;
         println!(
             "floor (same backend operations, issued directly): {:.1} s",
@@ -680,10 +711,11 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (run, operator_tenants) = run_operator(&testbed, &client, tenants, shards).await?;
+    let (run, operator_tenants) =
+        run_operator(&testbed, &client, tenants, shards, tenant_writes).await?;
     let secs = run.total.as_secs_f64();
 
-    if std::env::args().any(|a| a == "--no-floor") {
+    if flag("--no-floor") {
         return Ok(());
     }
     let operator_namespaces: Vec<String> = operator_tenants
@@ -699,13 +731,16 @@ async fn main() -> anyhow::Result<()> {
         floor.as_secs_f64()
     );
     println!("ratio operator / floor: {:.2}", secs / floor.as_secs_f64());
-    if std::env::args().any(|a| a == "--tenant-writes") {
+    if tenant_writes {
         let sample = run
             .status_sample
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("no operator tenant had a status to copy"))?;
         let writes = TenantWrites::new(&client, sample);
+        // The operator phase had the bench's readiness watch on its tenants.
+        let watch = ReadyWatch::start(&client, &format!("{SHARD_LABEL}={FLOOR_SHARD}")).await?;
         let (with_writes, names) = run_floor(&testbed, &client, tenants, Some(&writes)).await?;
+        watch.stop().await;
         let namespaces: Vec<String> = names.iter().map(|n| n.namespace.clone()).collect();
         namespaces_gone(&client, &namespaces).await?;
         println!(

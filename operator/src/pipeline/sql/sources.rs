@@ -441,7 +441,7 @@ fn catalog_query(extra: &str) -> String {
         "SELECT 'r', c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), d.description \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         LEFT JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0 \
+         LEFT JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0 \
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
          UNION ALL SELECT 'i', c.relname::text, NULL, NULL, NULL FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'i' \
