@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 
 use super::breach::{self, Evaluation, OpenBreach, Transition};
 use super::sql::names::DerivedNames;
@@ -74,7 +75,10 @@ impl Tables {
 
 async fn exists(tx: &Transaction<'_>, table: &str) -> Result<bool, SqlError> {
     let row = tx
-        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table])
+        .query_typed_one(
+            "SELECT to_regclass($1::text) IS NOT NULL",
+            &[(&table, Type::TEXT)],
+        )
         .await?;
     Ok(row.get(0))
 }
@@ -137,7 +141,7 @@ pub async fn record(
     let t = Tables::new(schema, key);
     let now = breach::to_micros(now);
     let open: Vec<OpenBreach> = tx
-        .query(
+        .query_typed(
             &format!("SELECT metric, partner, since, value FROM {}", t.breaches),
             &[],
         )
@@ -214,12 +218,12 @@ pub async fn record(
         }
     }
     if let Some(cutoff) = SystemTime::from(now).checked_sub(RETENTION) {
-        tx.execute(
+        tx.query_typed(
             &format!(
                 "DELETE FROM {} WHERE coalesce(delivered_at, given_up_at) < $1",
                 t.outbox
             ),
-            &[&cutoff],
+            &[(&cutoff, Type::TIMESTAMPTZ)],
         )
         .await?;
     }
@@ -349,13 +353,10 @@ pub async fn next_attempt(
         return Ok(None);
     }
     let row = tx
-        .query_one(
-            &format!(
+        .query_typed_one(&format!(
                 "SELECT min(next_attempt_at) FROM {} WHERE delivered_at IS NULL AND given_up_at IS NULL",
                 t.outbox
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
     Ok(row.get::<_, Option<SystemTime>>(0).map(from_sql))
 }

@@ -172,7 +172,7 @@ pub(super) async fn apply_signed(
         ));
         zero.push_str(" UNION ALL SELECT 'w', ctid::text FROM _pp_w WHERE n = 0");
     }
-    let emptied = tx.query(&format!("{statement} {zero}"), &[]).await?;
+    let emptied = tx.query_typed(&format!("{statement} {zero}"), &[]).await?;
     for (label, table) in [("r", &t.rollup), ("w", &t.window)] {
         let rows: Vec<String> = emptied
             .iter()
@@ -208,31 +208,25 @@ pub(super) async fn recompute_extremes(
         "(SELECT metric AS _pp_metric, partner AS _pp_partner, bucket AS _pp_bucket, lo AS _pp_lo, hi AS _pp_hi FROM {keys})"
     );
     if w.logged > 0 {
-        tx.execute(
-            &format!(
+        tx.query_typed(&format!(
                 "INSERT INTO {keys} (metric, partner, bucket, lo, hi) SELECT {name}, * FROM ({}) AS k",
                 changed_keys(c, &t.log(names, &c.source), prev, &horizon::literal(w.from))
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
         // Analysed so that reading the keys back uses the indexes.
         tx.batch_execute(&format!("ANALYZE {keys}")).await?;
-        tx.execute(
-            &format!(
+        tx.query_typed(&format!(
                 "DELETE FROM {r} USING {keyed_as} AS k WHERE k._pp_metric = {name} AND {r}.metric = {name} \
                  AND {r}.bucket = k._pp_bucket AND {r}.partner = k._pp_partner",
                 r = t.rollup
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
         let from = format!(
             "{table} JOIN {keyed_as} AS k ON k._pp_metric = {name} AND {} AND {time} >= k._pp_lo AND {time} < k._pp_hi",
             c.partner_equals("k._pp_partner"),
             time = c.time_of()
         );
-        tx.execute(
+        tx.query_typed(
             &format!(
                 "INSERT INTO {} ({}) {}",
                 t.rollup,
@@ -258,21 +252,18 @@ pub(super) async fn recompute_extremes(
                 c.bucket_of()
             ));
         }
-        tx.execute(
-            &format!(
+        tx.query_typed(&format!(
                 "INSERT INTO {r} ({cols}) {select} ON CONFLICT (metric, partner, dims, bucket, k, v) DO UPDATE SET \
                  n = {r}.n + excluded.n, m = {r}.m + excluded.m, s = {r}.s + excluded.s, \
                  lo = least({r}.lo, excluded.lo), hi = greatest({r}.hi, excluded.hi)",
                 r = t.rollup,
                 cols = compile::ROLLUP_COLUMNS,
                 select = c.rollup_select(&table, &fresh)
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
     }
     if w.logged > 0 {
-        tx.execute(&format!("DELETE FROM {keys}"), &[]).await?;
+        tx.query_typed(&format!("DELETE FROM {keys}"), &[]).await?;
     }
     Ok(())
 }

@@ -1,6 +1,12 @@
 //! The pipeline's SQL: source tables and their change capture, the metric
 //! compiler, and the incremental refresh. Everything runs inside a
 //! transaction the caller opened as the tenant's role.
+//!
+//! A refresh's statements go out with `query_typed`, parameter types named:
+//! one round trip each, where `query` and `execute` on statement text
+//! prepare it first (a second round trip) for statements that mostly differ
+//! at every refresh anyway. Still the extended protocol, which runs exactly
+//! one statement: never `batch_execute` for text compiled from a manifest.
 
 pub mod compile;
 mod derived;

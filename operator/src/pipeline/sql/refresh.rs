@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 
 use super::compile::{self, Compiled};
 use super::derived;
@@ -135,7 +136,7 @@ pub async fn refresh(
         columns.push(format!("to_char({}, {format})", c.window().0));
     }
     let row = tx
-        .query_one(&format!("SELECT {}", columns.join(", ")), &[])
+        .query_typed_one(&format!("SELECT {}", columns.join(", ")), &[])
         .await?;
     let (current, anchor): (String, String) = (row.get(0), row.get(1));
     let mut state = State::parse(&row.get::<_, String>(2))?;
@@ -181,7 +182,7 @@ pub async fn refresh(
             .collect();
         if !counts.is_empty() {
             let row = tx
-                .query_one(&format!("SELECT {}", counts.join(", ")), &[])
+                .query_typed_one(&format!("SELECT {}", counts.join(", ")), &[])
                 .await?;
             for (i, source) in spec.sources.iter().enumerate() {
                 changes.insert(
@@ -289,14 +290,14 @@ pub async fn refresh(
         if w.rebuild {
             if !replaced {
                 if !all_rebuilt {
-                    tx.execute(
+                    tx.query_typed(
                         &format!("DELETE FROM {} WHERE metric = {name}", t.rollup),
                         &[],
                     )
                     .await?;
                 }
                 // In index order: the rollup's pages then follow its buckets.
-                tx.execute(
+                tx.query_typed(
                     &format!(
                         "INSERT INTO {} ({}) {} ORDER BY 4, 2",
                         t.rollup,
@@ -314,7 +315,7 @@ pub async fn refresh(
             state.set(format!("from:{}", c.name), horizon::text(w.from));
             path = RefreshPath::Full;
         } else if w.prune {
-            tx.execute(
+            tx.query_typed(
                 &format!(
                     "DELETE FROM {} WHERE metric = {name} AND bucket < {}",
                     t.rollup,
@@ -377,7 +378,7 @@ pub async fn refresh(
     if !changes.values().all(|(_, logged, _)| *logged == 0) || prev.is_none() {
         for source in &spec.sources {
             // Every logged change this snapshot sees has been applied.
-            tx.execute(
+            tx.query_typed(
                 &format!("DELETE FROM {}", t.log(&names, source.name.as_str())),
                 &[],
             )
@@ -405,7 +406,7 @@ pub async fn refresh(
         })
         .collect();
     if !summarise.is_empty() {
-        tx.execute(&format!("SELECT {}", summarise.join(", ")), &[])
+        tx.query_typed(&format!("SELECT {}", summarise.join(", ")), &[])
             .await?;
     }
 
@@ -453,7 +454,7 @@ pub async fn refresh(
     } else {
         for w in &stale {
             if !all_rebuilt {
-                tx.execute(
+                tx.query_typed(
                     &format!(
                         "DELETE FROM {} WHERE metric = {}",
                         t.window,
@@ -463,7 +464,7 @@ pub async fn refresh(
                 )
                 .await?;
             }
-            tx.execute(
+            tx.query_typed(
                 &format!(
                     "INSERT INTO {} ({}) {}",
                     t.window,
@@ -500,7 +501,7 @@ pub async fn refresh(
         && state.get("results") == Some(&results_state);
     if !reuse {
         write_results(tx, &t, &compiled).await?;
-        tx.execute(
+        tx.query_typed(
             &format!(
                 "DELETE FROM {r} WHERE refreshed_at < now() - interval '{RESULT_RETENTION}' \
                  AND refreshed_at < (SELECT max(refreshed_at) FROM {r})",
@@ -558,7 +559,7 @@ async fn write_results(
             continue;
         };
         let bins: Vec<percentile::Bin> = tx
-            .query(
+            .query_typed(
                 // Without a split every row's dimensions are `{}`: not
                 // printing them halves the read.
                 &format!(
@@ -570,7 +571,7 @@ async fn write_results(
                     },
                     t.window
                 ),
-                &[&c.name],
+                &[(&c.name, Type::TEXT)],
             )
             .await?
             .iter()
@@ -589,14 +590,20 @@ async fn write_results(
          AS merged(m, p, d, v, s)"
             .to_string(),
     );
-    tx.execute(
+    tx.query_typed(
         &format!(
             "INSERT INTO {} (refreshed_at, metric, partner, dimensions, value, samples) \
              SELECT now(), * FROM ({}) AS all_metrics",
             t.results,
             computed.join(" UNION ALL ")
         ),
-        &[&metric, &partner, &dims, &value, &samples],
+        &[
+            (&metric, Type::TEXT_ARRAY),
+            (&partner, Type::TEXT_ARRAY),
+            (&dims, Type::TEXT_ARRAY),
+            (&value, Type::FLOAT8_ARRAY),
+            (&samples, Type::INT8_ARRAY),
+        ],
     )
     .await?;
     Ok(())
@@ -619,14 +626,11 @@ async fn latest_results(
     spec: &MetricPipelineSpec,
 ) -> Result<Vec<MetricResult>, SqlError> {
     let rows = tx
-        .query(
-            &format!(
+        .query_typed(&format!(
                 "SELECT metric, partner, value, samples FROM {r} \
                  WHERE refreshed_at = (SELECT max(refreshed_at) FROM {r}) AND dimensions = '{{}}'::jsonb",
                 r = t.results
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
     let mut by_metric: HashMap<String, Vec<&tokio_postgres::Row>> = HashMap::new();
     for row in &rows {
@@ -713,13 +717,10 @@ pub async fn daily_values(
         return Ok(vec![]);
     };
     let rows = tx
-        .query(
-            &format!(
+        .query_typed(&format!(
                 "SELECT partner, day, value FROM ({}) AS daily WHERE value IS NOT NULL ORDER BY partner, day",
                 c.daily_select(&t.rollup, history_days)
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
     let mut out: Vec<(String, Vec<Point>)> = vec![];
     for row in rows {

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 
 use super::compile::{sql_type, string_literal};
 use super::derived;
@@ -429,7 +430,9 @@ fn derived_statements(out: &mut Plan, schema: &str, names: &DerivedNames, catalo
 /// Reads what exists in the tenant schema, in one statement (a refresh
 /// runs this every time, so round trips count).
 pub async fn read_catalog(tx: &Transaction<'_>, schema: &str) -> Result<Catalog, SqlError> {
-    let rows = tx.query(&catalog_query(""), &[&schema]).await?;
+    let rows = tx
+        .query_typed(&catalog_query(""), &[(&schema, Type::NAME)])
+        .await?;
     Ok(catalog_of(&rows))
 }
 
@@ -492,7 +495,10 @@ async fn read_catalog_checking_zone(
 ) -> Result<Catalog, SqlError> {
     let query =
         catalog_query(" UNION ALL SELECT 'z', (now() AT TIME ZONE $2)::text, NULL, NULL, NULL");
-    match tx.query(&query, &[&schema, &zone]).await {
+    match tx
+        .query_typed(&query, &[(&schema, Type::NAME), (&zone, Type::TEXT)])
+        .await
+    {
         Ok(rows) => Ok(catalog_of(&rows)),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) => {
             Err(SqlError::Invalid {

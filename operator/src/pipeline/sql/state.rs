@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 
 use super::SqlError;
 
@@ -59,12 +60,12 @@ impl State {
             return Ok(());
         }
         let (keys, values): (Vec<&String>, Vec<&String>) = self.pending.iter().unzip();
-        tx.execute(
+        tx.query_typed(
             &format!(
                 "INSERT INTO {table} (key, value) SELECT * FROM unnest($1::text[], $2::text[]) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             ),
-            &[&keys, &values],
+            &[(&keys, Type::TEXT_ARRAY), (&values, Type::TEXT_ARRAY)],
         )
         .await?;
         let written = std::mem::take(&mut self.pending);

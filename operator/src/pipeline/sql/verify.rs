@@ -49,17 +49,14 @@ pub(super) async fn verify_window(
     compiled: &[Compiled],
 ) -> Result<Option<String>, SqlError> {
     let mut pick = tx
-        .query_opt(
-            &format!(
+        .query_typed_opt(&format!(
                 "SELECT metric, partner FROM {} TABLESAMPLE SYSTEM ({WINDOW_SAMPLED_PERCENT}) ORDER BY random() LIMIT 1",
                 t.window
-            ),
-            &[],
-        )
+            ), &[])
         .await?;
     if pick.is_none() {
         pick = tx
-            .query_opt(
+            .query_typed_opt(
                 &format!(
                     "SELECT metric, partner FROM {} ORDER BY random() LIMIT 1",
                     t.window
