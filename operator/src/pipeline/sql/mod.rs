@@ -2,11 +2,11 @@
 //! compiler, and the incremental refresh. Everything runs inside a
 //! transaction the caller opened as the tenant's role.
 //!
-//! A refresh's statements go out with `query_typed`, parameter types named:
-//! one round trip each, where `query` and `execute` on statement text
-//! prepare it first (a second round trip) for statements that mostly differ
-//! at every refresh anyway. Still the extended protocol, which runs exactly
-//! one statement: never `batch_execute` for text compiled from a manifest.
+//! The statements a refresh runs most go out with `query_typed`, parameter
+//! types named: one round trip each, where `query` and `execute` on
+//! statement text prepare it first (a second round trip) for statements
+//! that mostly differ at every refresh anyway. It stays the extended
+//! protocol, which runs exactly one statement per call.
 
 pub mod compile;
 mod derived;

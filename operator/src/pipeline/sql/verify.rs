@@ -4,6 +4,7 @@
 //! silent.
 
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 
 use super::SqlError;
 use super::compile::{self, Compiled, WINDOW_COLUMNS};
@@ -78,18 +79,18 @@ pub(super) async fn verify_window(
     );
     let order = "ORDER BY 1, 2, 3";
     let raw = tx
-        .query(
+        .query_typed(
             &format!("{CANONICAL} ({derived}) AS d {order}"),
-            &[&partner],
+            &[(&partner, Type::TEXT)],
         )
         .await?;
     let kept = tx
-        .query(
+        .query_typed(
             &format!(
                 "{CANONICAL} {} WHERE metric = $1 AND partner = $2 {order}",
                 t.window
             ),
-            &[&metric, &partner],
+            &[(&metric, Type::TEXT), (&partner, Type::TEXT)],
         )
         .await?;
     if canonical_rows(&raw) == canonical_rows(&kept) {
@@ -132,22 +133,23 @@ pub(super) async fn verify_sample(
     if count == 0 {
         return Ok(sample);
     }
+    let limit = count as i64;
     let picks = tx
-        .query(
+        .query_typed(
             &format!(
                 "SELECT metric, partner, bucket::text FROM {} TABLESAMPLE SYSTEM ({ROLLUP_SAMPLED_PERCENT}) ORDER BY random() LIMIT $1",
                 t.rollup
             ),
-            &[&(count as i64)],
+            &[(&limit, Type::INT8)],
         )
         .await?;
     let picks = if picks.is_empty() {
-        tx.query(
+        tx.query_typed(
             &format!(
                 "SELECT metric, partner, bucket::text FROM {} ORDER BY random() LIMIT $1",
                 t.rollup
             ),
-            &[&(count as i64)],
+            &[(&limit, Type::INT8)],
         )
         .await?
     } else {
@@ -173,21 +175,25 @@ pub(super) async fn verify_sample(
         let canonical = CANONICAL;
         let order = "ORDER BY 1, 2, 3";
         let raw = tx
-            .query(
+            .query_typed(
                 &format!(
                     "{canonical} (SELECT * FROM ({}) AS x(metric, partner, dims, bucket, k, v, n, m, s, lo, hi)) AS y {order}",
                     c.rollup_select(&table, &extra)
                 ),
-                &[&partner, &bucket],
+                &[(&partner, Type::TEXT), (&bucket, Type::TEXT)],
             )
             .await?;
         let kept = tx
-            .query(
+            .query_typed(
                 &format!(
                     "{canonical} {} WHERE metric = $1 AND partner = $2 AND bucket = $3::text::timestamp {order}",
                     t.rollup
                 ),
-                &[&metric, &partner, &bucket],
+                &[
+                    (&metric, Type::TEXT),
+                    (&partner, Type::TEXT),
+                    (&bucket, Type::TEXT),
+                ],
             )
             .await?;
         if canonical_rows(&raw) != canonical_rows(&kept) {
