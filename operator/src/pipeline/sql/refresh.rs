@@ -331,6 +331,10 @@ pub async fn refresh(
         tx.batch_execute(&derived::rollup_index(&target.schema, &names))
             .await?;
     }
+    if all_rebuilt {
+        tx.batch_execute(&derived::rollup_statistics(&target.schema, &names))
+            .await?;
+    }
     let maintained: Vec<&MetricWork> = work.iter().filter(|w| !w.rebuild && w.changed()).collect();
     if !maintained.is_empty() {
         path = path.max(RefreshPath::Incremental);
