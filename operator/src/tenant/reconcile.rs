@@ -160,18 +160,21 @@ pub async fn apply(
     let previous = tenant.status.clone().unwrap_or_default();
     record_intent(&tenant, &names, &previous, ctx, written).await?;
 
-    let namespace = outcome(
-        status::NAMESPACE_READY,
-        apply_kubernetes(&tenant, &names, &claim, origin, adopting, ctx).await,
-    );
+    let kubernetes = apply_kubernetes(&tenant, &names, &claim, origin, adopting, ctx).await;
     fail::fail_point!("tenant-after-namespace");
     // A namespace this pass created holds no Secret to read.
-    let namespace_is_new = claim == Claim::Create && namespace.ready;
+    let namespace_is_new = claim == Claim::Create && kubernetes.is_ok();
     let (credentials, cred_origin, secret_was_read) =
         load_credentials(&tenant, &names, namespace_is_new, ctx).await;
-    // Postgres and Redis are apart: their parts run together.
+    // The workloads' Role, Postgres and Redis are apart: they converge together.
     let (mut rotated, mut rotated_cache) = (vec![], vec![]);
-    let (database, cache) = futures::join!(
+    let (identity, database, cache) = futures::join!(
+        async {
+            match &kubernetes {
+                Ok(_) => apply_workload_identity(&tenant, &names, ctx).await,
+                Err(_) => Ok(()),
+            }
+        },
         async {
             let database = apply_database(
                 &tenant,
@@ -198,6 +201,10 @@ pub async fn apply(
             fail::fail_point!("tenant-after-cache");
             outcome(status::CACHE_READY, cache)
         },
+    );
+    let namespace = outcome(
+        status::NAMESPACE_READY,
+        kubernetes.and_then(|message| identity.map(|()| message)),
     );
     rotated.append(&mut rotated_cache);
     let mut vault_detached = false;
@@ -461,32 +468,56 @@ async fn apply_kubernetes(
     if adopting || stale_mark {
         release_adoption_mark(tenant, names, ctx).await?;
     }
-    let pending = secret_access::grant(tenant, names, ctx).await?;
-    // Independent objects, written together while the binding takes effect.
+    // Independent objects, written while the operator's binding is written
+    // and takes effect.
     let quota = children::resource_quota(tenant, names);
     let limits = children::limit_range(tenant, names);
     let account = children::service_account(tenant, names);
     let policies = children::network_policies(tenant, names, &ctx.settings.backend_egress);
     let keep: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
-    let written = futures::try_join!(
-        apply_one(ctx, &s.quotas, &quota),
-        apply_one(ctx, &s.limit_ranges, &limits),
-        apply_one(ctx, &s.service_accounts, &account),
-        async {
-            futures::future::try_join_all(
-                policies
-                    .iter()
-                    .map(|policy| apply_one(ctx, &s.network_policies, policy)),
-            )
-            .await?;
-            prune(ctx, &s.network_policies, names, &tenant_name, &keep).await
-        },
-    );
-    // The workload Role grants a Secret: the operator must hold that access
-    // first. Awaited even when a write above failed: the next reconcile
-    // finds the binding written and would not wait for it.
-    secret_access::in_force(pending, names, ctx).await?;
+    let access = async {
+        let pending = secret_access::grant(tenant, names, ctx).await?;
+        secret_access::in_force(pending, names, ctx).await
+    };
+    let (access, written) = futures::join!(access, async {
+        futures::try_join!(
+            apply_one(ctx, &s.quotas, &quota),
+            apply_one(ctx, &s.limit_ranges, &limits),
+            apply_one(ctx, &s.service_accounts, &account),
+            async {
+                futures::future::try_join_all(
+                    policies
+                        .iter()
+                        .map(|policy| apply_one(ctx, &s.network_policies, policy)),
+                )
+                .await?;
+                prune(ctx, &s.network_policies, names, &tenant_name, &keep).await
+            },
+        )
+    });
+    // The credentials Secret and the workload Role both need that access.
+    // Awaited even when a write beside it failed: the next reconcile finds
+    // the binding written and would not wait for it.
+    access?;
     written?;
+    Ok(format!(
+        "namespace {} ({}) with quota, limits, network policy and workload identity",
+        names.namespace,
+        origin.as_str()
+    ))
+}
+
+/// The Role that lets the tenant's workloads read their credentials, and
+/// its binding to the tenant's ServiceAccount. Nothing of the backends
+/// needs them: they are written while the backends are provisioned. Only
+/// after `apply_kubernetes` succeeded: the Role grants a Secret, which the
+/// operator must hold first (RBAC refuses an escalation).
+async fn apply_workload_identity(
+    tenant: &PartnerTenant,
+    names: &TenantNames,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let s = &ctx.stores;
     apply_one(ctx, &s.roles, &children::role(tenant, names)).await?;
     apply_one(
         ctx,
@@ -494,11 +525,7 @@ async fn apply_kubernetes(
         &children::role_binding(tenant, names),
     )
     .await?;
-    Ok(format!(
-        "namespace {} ({}) with quota, limits, network policy and workload identity",
-        names.namespace,
-        origin.as_str()
-    ))
+    Ok(())
 }
 
 /// Merge-patches the namespace's metadata (marks the operator sets or
