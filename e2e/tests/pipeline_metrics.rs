@@ -229,3 +229,112 @@ async fn example_pipelines_report_the_values_computed_from_the_rows() -> anyhow:
     delete_tenants(&client, &tenants).await?;
     Ok(())
 }
+
+/// The result table keeps every refresh's rows for a day, then only the
+/// last refresh of each hour, for 30 days: a history that does not grow
+/// with every refresh, and still shows each hour.
+#[tokio::test]
+async fn the_result_table_keeps_each_refresh_for_a_day_then_each_hours_last() -> anyhow::Result<()>
+{
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-keep"), &[]).await?;
+    let tenant = unique_name("keep");
+    let namespace = format!("ptn-{tenant}");
+    apply(
+        &client,
+        &[operator.tenant(
+            &tenant,
+            json!({"displayName": "keep", "secrets": {"store": "Both"}}),
+        )],
+    )
+    .await?;
+    wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    apply(
+        &client,
+        &[pipelines::minimal("p", &namespace, &operator.shard)],
+    )
+    .await?;
+    let first = wait_pipeline(
+        &client,
+        &namespace,
+        "p",
+        "Ready",
+        Duration::from_secs(90),
+        |p| is(p, "Ready", "True"),
+    )
+    .await?;
+    let table = first.status.unwrap().result_table.unwrap();
+    let (session, _) = tenant_session(&testbed, &client, &namespace).await?;
+    let refreshes = || async {
+        anyhow::Ok(
+            session
+                .query(
+                    &format!("SELECT DISTINCT refreshed_at::text FROM {table}"),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<std::collections::BTreeSet<String>>(),
+        )
+    };
+    let operators_own = refreshes().await?;
+
+    // Rows as earlier refreshes left them, at (hours from this hour,
+    // minutes past it): three in one hour three days ago, two in one two
+    // days ago, one 40 days ago, two in one hour two hours ago.
+    let at = "date_trunc('hour', now()) + h * interval '1 hour' + m * interval '1 minute'";
+    let written: Vec<(i32, i32, String)> = session
+        .query(
+            &format!(
+                "WITH e (h, m) AS (VALUES (-75, 5), (-75, 20), (-75, 50), (-50, 10), (-50, 40), (-960, 0), (-2, 5), (-2, 25)), \
+                 written AS (INSERT INTO {table} (refreshed_at, metric, partner, dimensions, value, samples) \
+                 SELECT {at}, 'revenue', NULL, '{{}}', 1, 1 FROM e) \
+                 SELECT h, m, ({at})::text FROM e"
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(written.len(), 8);
+    // As if they had come since the previous pass of thinning: a pass
+    // thins only rows that came past the one-day mark since the last one.
+    let state = table.replace("_results\"", "_state\"");
+    let moved = session
+        .execute(
+            &format!(
+                "UPDATE {state} SET value = (now() - interval '4 days')::text \
+                 WHERE key = 'results:thinned-until'"
+            ),
+            &[],
+        )
+        .await?;
+    assert_eq!(moved, 1, "the first refresh records where thinning got to");
+
+    // A new row makes the next refresh write results, and thin.
+    session
+        .batch_execute("INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 5)")
+        .await?;
+    refresh_now(&client, &namespace, "p").await?;
+    let left = refreshes().await?;
+    let kept: Vec<(i32, i32)> = written
+        .iter()
+        .filter(|(_, _, t)| left.contains(t))
+        .map(|(h, m, _)| (*h, *m))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![(-75, 50), (-50, 40), (-2, 5), (-2, 25)],
+        "each hour's last refresh older than a day, every refresh of the last day"
+    );
+    // The operator's own refreshes of the last day stay, and the new one.
+    assert!(left.is_superset(&operators_own), "{left:?}");
+    assert_eq!(left.len(), kept.len() + operators_own.len() + 1, "{left:?}");
+    let latest = pipelines::latest_results(&session, &table).await?;
+    assert_eq!(latest.get(&("revenue".to_string(), None)), Some(&5.0));
+    delete_tenants(&client, &[tenant]).await?;
+    Ok(())
+}

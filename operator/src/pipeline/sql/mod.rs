@@ -15,6 +15,7 @@ mod maintain;
 pub mod names;
 pub mod percentile;
 pub mod refresh;
+mod retention;
 pub mod sources;
 pub mod state;
 mod tables;

@@ -30,6 +30,7 @@ use super::horizon::{self, Reach};
 use super::maintain::{MetricWork, apply_signed, logged_since, recompute_extremes, written_since};
 use super::names::{DerivedNames, LOG_TRUNCATED};
 use super::percentile;
+use super::retention;
 use super::sources;
 use super::state::State;
 use super::tables::Tables;
@@ -46,8 +47,6 @@ const FULL_REBUILD_CHANGES: i64 = 200_000;
 /// Memory for a refresh's sorts and hash tables: a rebuild groups a whole
 /// window of rows, and spilling that to disk doubled its time.
 const WORK_MEM: &str = "64MB";
-/// Result rows are kept this long (the latest refresh's always).
-const RESULT_RETENTION: &str = "30 days";
 
 /// Ordered by how much a refresh did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -505,15 +504,13 @@ pub async fn refresh(
         && state.get("results") == Some(&results_state);
     if !reuse {
         write_results(tx, &t, &compiled).await?;
-        tx.query_typed(
-            &format!(
-                "DELETE FROM {r} WHERE refreshed_at < now() - interval '{RESULT_RETENTION}' \
-                 AND refreshed_at < (SELECT max(refreshed_at) FROM {r})",
-                r = t.results
-            ),
-            &[],
+        let thinned = retention::apply(
+            tx,
+            &t.results,
+            state.get(retention::THINNED_UNTIL).map(String::as_str),
         )
         .await?;
+        state.set(retention::THINNED_UNTIL, thinned);
         state.set("results", results_state);
     }
     state.flush(tx, &t.state).await?;

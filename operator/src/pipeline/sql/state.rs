@@ -1,5 +1,5 @@
 //! The pipeline's state table (watermark, definitions, how far back each
-//! metric is kept, results anchor): read with the refresh's first
+//! metric is kept, results anchor, where result thinning got to): read with the refresh's first
 //! statement, changed in memory, and written back in one statement — only
 //! the keys whose value changed, so an idle refresh writes nothing.
 
