@@ -229,7 +229,7 @@ async fn a_pipeline_reads_only_its_own_tenants_tables() -> anyhow::Result<()> {
         })
         .await?;
     }
-    let (a, _) = tenant_session(&testbed, &client, &ns_a).await?;
+    let (a, schema_a) = tenant_session(&testbed, &client, &ns_a).await?;
     let (b, schema_b) = tenant_session(&testbed, &client, &ns_b).await?;
     a.batch_execute("INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 1)")
         .await?;
@@ -256,6 +256,50 @@ async fn a_pipeline_reads_only_its_own_tenants_tables() -> anyhow::Result<()> {
     assert_eq!(value(&a_pipeline), Some(1.0));
     let b_pipeline = refresh_now(&client, &ns_b, "p").await?;
     assert_eq!(value(&b_pipeline), Some(1000.0));
+
+    // A's own code runs during A's refresh (a trigger on a table A owns). It
+    // drops whatever role the session was switched to and tries B's table:
+    // the session is A's own login, so it stays A, and B's table is refused.
+    let result_a = a_pipeline
+        .status
+        .as_ref()
+        .unwrap()
+        .result_table
+        .clone()
+        .unwrap();
+    a.batch_execute(&format!(
+        "CREATE TABLE proof (session_role text, current_role_name text, superuser bool, read_b text);
+         CREATE FUNCTION escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE outcome text;
+         BEGIN
+           RESET ROLE;
+           BEGIN
+             PERFORM count(*) FROM \"{schema_b}\".orders;
+             outcome := 'read';
+           EXCEPTION WHEN OTHERS THEN outcome := SQLSTATE;
+           END;
+           INSERT INTO \"{schema_a}\".proof SELECT session_user, current_user, rolsuper, outcome
+             FROM pg_roles WHERE rolname = current_user;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER escalate AFTER INSERT ON {result_a} FOR EACH STATEMENT EXECUTE FUNCTION escalate();
+         INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 2);"
+    ))
+    .await?;
+    let refreshed = refresh_now(&client, &ns_a, "p").await?;
+    assert_eq!(value(&refreshed), Some(3.0));
+    let role_a: String = a.query_one("SELECT session_user::text", &[]).await?.get(0);
+    let proof: Vec<(String, String, bool, String)> = a
+        .query("SELECT * FROM proof", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        proof,
+        vec![(role_a.clone(), role_a, false, "42501".to_string())],
+        "the tenant's code ran as the tenant, and B's table refused it"
+    );
     // No field of the spec can name another schema: identifiers are plain names.
     let api: Api<MetricPipeline> = Api::namespaced(client.clone(), &ns_a);
     let hostile = pipeline(

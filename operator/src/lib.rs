@@ -26,6 +26,7 @@ pub mod run;
 pub mod slim;
 pub mod telemetry;
 pub mod tenant;
+pub mod tenant_login;
 pub mod verified;
 pub mod wake;
 pub mod watch_backoff;

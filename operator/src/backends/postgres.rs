@@ -51,6 +51,15 @@ pub enum PostgresError {
         #[source]
         source: deadpool_postgres::PoolError,
     },
+    #[error("{0}")]
+    TenantCredentials(String),
+    #[error("Postgres backend {backend:?} refused the tenant's login {role}: {source}")]
+    TenantLogin {
+        backend: String,
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("Postgres backend {backend:?} refused a statement: {source}")]
     Statement {
         backend: String,
@@ -148,6 +157,9 @@ enum StoredPassword {
 struct Backend {
     pool: Pool,
     setup: tokio::sync::Mutex<()>,
+    /// The admin DSN's address, database and TLS, for tenants' own logins.
+    login: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 /// The pooled connections to every configured Postgres backend.
@@ -201,9 +213,10 @@ impl Postgres {
             };
             let mut pg: tokio_postgres::Config = split.dsn.parse().with_context(context)?;
             pg.connect_timeout(timeout).ssl_mode(plan.mode);
+            let connector = tls::connector(plan.verify, roots).with_context(context)?;
             let manager = Manager::from_config(
-                pg,
-                tls::connector(plan.verify, roots).with_context(context)?,
+                pg.clone(),
+                connector.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -220,6 +233,8 @@ impl Postgres {
                 Backend {
                     pool,
                     setup: tokio::sync::Mutex::new(()),
+                    login: pg,
+                    tls: connector,
                 },
             );
         }
@@ -240,12 +255,38 @@ impl Postgres {
             .ok_or_else(|| PostgresError::UnknownBackend(backend.to_string()))
     }
 
-    /// A pooled admin session on `backend`, for work done in a tenant's
-    /// schema as the tenant's role: the caller opens a transaction and runs
-    /// `SET LOCAL ROLE` first, so the role ends with the transaction and the
-    /// session goes back to the pool as the admin.
-    pub async fn session(&self, backend: &str) -> Result<deadpool_postgres::Object, PostgresError> {
-        self.client(backend).await
+    /// A session on `backend` logged in as the tenant's own role, for work
+    /// in the tenant's schema. The tenant's code — triggers, functions and
+    /// views on the tables it owns — can run during that work. With the
+    /// tenant as the authenticated user, nothing that code does (`RESET
+    /// ROLE`, `SET ROLE`, `SET SESSION AUTHORIZATION`) reaches beyond the
+    /// tenant's own privileges; from an admin session that had only `SET
+    /// ROLE` to the tenant, `RESET ROLE` would make it the admin. Not pooled:
+    /// an idle pool per tenant would hold a Postgres backend per tenant.
+    pub async fn tenant_session(
+        &self,
+        backend: &str,
+        role: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, PostgresError> {
+        let b = self.backend(backend)?;
+        let mut config = b.login.clone();
+        config.user(role).password(password);
+        let (client, connection) =
+            config
+                .connect(b.tls.clone())
+                .await
+                .map_err(|source| PostgresError::TenantLogin {
+                    backend: backend.to_string(),
+                    role: role.to_string(),
+                    source,
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a tenant's Postgres session ended");
+            }
+        });
+        Ok(client)
     }
 
     async fn client(&self, backend: &str) -> Result<deadpool_postgres::Object, PostgresError> {

@@ -66,8 +66,8 @@ pub async fn cleanup(
     }
     let drop_sources = pipeline.spec.source_deletion_policy == SourceDeletionPolicy::Delete;
     let (target, key) = (target_of(&db), key_of(&pipeline));
-    let mut conn = ctx.postgres.session(&db.backend).await?;
-    let tx = as_tenant(&mut conn, &db, IsolationLevel::ReadCommitted).await?;
+    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
+    let tx = as_tenant(&mut conn, IsolationLevel::ReadCommitted).await?;
     sql::drop_derived(&tx, &target, &key, &pipeline.spec, drop_sources).await?;
     outbox::drop_tables(&tx, &target.schema, &key).await?;
     tx.commit().await?;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use crate::backends::postgres::Postgres;
 use crate::context::{Backoff, Context};
 
-/// The operator's shared context plus the pipeline controller's own
-/// Postgres pools — a slow refresh never holds a connection the tenant
-/// controller is waiting for — and its webhook client.
+/// The operator's shared context plus the Postgres backends the pipeline
+/// controller logs in to as each tenant (never through the tenant
+/// controller's admin pool, so a slow refresh holds none of its
+/// connections) and its webhook client.
 pub struct PipelineContext {
     pub shared: Arc<Context>,
     pub postgres: Postgres,

@@ -62,9 +62,9 @@ async fn deliver(
         return Ok(None);
     }
     let key = key_of(pipeline);
-    let mut conn = ctx.postgres.session(&db.backend).await?;
+    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
     let pending = {
-        let tx = as_tenant(&mut conn, db, IsolationLevel::ReadCommitted).await?;
+        let tx = as_tenant(&mut conn, IsolationLevel::ReadCommitted).await?;
         let due = outbox::due(&tx, &db.schema, &key, Timestamp::now(), BATCH).await?;
         tx.commit().await?;
         due
@@ -124,7 +124,7 @@ async fn deliver(
                 }
             }
         };
-        let tx = as_tenant(&mut conn, db, IsolationLevel::ReadCommitted).await?;
+        let tx = as_tenant(&mut conn, IsolationLevel::ReadCommitted).await?;
         let label = match &outcome {
             Ok(()) => {
                 outbox::mark_delivered(&tx, &db.schema, &key, &delivery.id, Timestamp::now())
@@ -178,7 +178,7 @@ async fn deliver(
             .get_or_create(&OutcomeLabels { outcome: label })
             .inc();
     }
-    let tx = as_tenant(&mut conn, db, IsolationLevel::ReadCommitted).await?;
+    let tx = as_tenant(&mut conn, IsolationLevel::ReadCommitted).await?;
     let next = outbox::next_attempt(&tx, &db.schema, &key).await?;
     tx.commit().await?;
     Ok(next.map(|at| {

@@ -8,8 +8,10 @@ use kube::ResourceExt;
 
 use crate::api::PartnerTenant;
 use crate::api::conditions;
+use crate::backends::postgres::{Postgres, PostgresError};
 use crate::tenant::ownership::{TENANT_NAME, TENANT_UID};
 use crate::tenant::status::DATABASE_READY;
+use crate::tenant_login::CredentialStore;
 
 /// Where a pipeline's tables live and whose privileges its SQL runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,27 @@ pub struct TenantDatabase {
     pub role: String,
     /// The tenant's KV path under the mount, when it uses Vault/OpenBao.
     pub vault_path: Option<String>,
+    /// Where the password of the tenant's login is kept.
+    pub credentials: CredentialStore,
+}
+
+impl TenantDatabase {
+    /// A session logged in as the tenant's own role: all work in its
+    /// schema is done in one (see `Postgres::tenant_session`).
+    pub async fn session(
+        &self,
+        shared: &crate::context::Context,
+        postgres: &Postgres,
+    ) -> Result<tokio_postgres::Client, PostgresError> {
+        let password = self
+            .credentials
+            .postgres_password(shared)
+            .await
+            .map_err(PostgresError::TenantCredentials)?;
+        postgres
+            .tenant_session(&self.backend, &self.role, &password)
+            .await
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +110,7 @@ pub fn resolve(
         schema: postgres.schema,
         role: postgres.role,
         vault_path: status.vault.map(|v| v.path),
+        credentials: CredentialStore::of(tenant),
     })
 }
 

@@ -28,7 +28,6 @@ use super::{delivery, forecast, outbox};
 use crate::api::conditions::{self, RECONCILING};
 use crate::api::metric::Comparison;
 use crate::api::pipeline::{MetricPipeline, MetricPipelineStatus};
-use crate::naming::quote_ident;
 use crate::rollup::{self, PartOutcome};
 
 /// (partner, bucket) keys re-derived from raw rows on every refresh.
@@ -179,21 +178,20 @@ pub(super) fn key_of(pipeline: &MetricPipeline) -> PipelineKey {
     }
 }
 
-/// Opens a transaction on the tenant's backend that runs as the tenant's
-/// role: nothing in it can reach another tenant's schema.
-pub(super) async fn as_tenant<'a>(
-    conn: &'a mut deadpool_postgres::Object,
-    db: &TenantDatabase,
+/// Opens a transaction in a session of the tenant's own login
+/// ([`TenantDatabase::session`]): nothing in it can reach another tenant's
+/// schema.
+pub(super) async fn as_tenant(
+    conn: &mut tokio_postgres::Client,
     isolation: IsolationLevel,
-) -> Result<deadpool_postgres::Transaction<'a>, Error> {
+) -> Result<tokio_postgres::Transaction<'_>, Error> {
     let tx = conn
         .build_transaction()
         .isolation_level(isolation)
         .start()
         .await?;
     tx.batch_execute(&format!(
-        "SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}",
-        quote_ident(&db.role),
+        "SET LOCAL statement_timeout = {}",
         STATEMENT_TIMEOUT.as_millis()
     ))
     .await?;
@@ -207,8 +205,8 @@ async fn refresh(
 ) -> Result<Refreshed, Error> {
     let spec = &pipeline.spec;
     let (target, key) = (target_of(db), key_of(pipeline));
-    let mut conn = ctx.postgres.session(&db.backend).await?;
-    let tx = as_tenant(&mut conn, db, IsolationLevel::RepeatableRead).await?;
+    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
+    let tx = as_tenant(&mut conn, IsolationLevel::RepeatableRead).await?;
     let ensured = sql::ensure(&tx, &target, &key, spec).await?;
     outbox::ensure_tables(&tx, &target.schema, &key).await?;
     let report = sql::refresh(&tx, &target, &key, spec, SAMPLE_KEYS).await?;
@@ -271,7 +269,7 @@ fn evaluations(pipeline: &MetricPipeline, report: &RefreshReport) -> Vec<Evaluat
 
 /// Forecasts of every metric that asks for one, from its daily values.
 async fn forecasts(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     target: &Target,
     key: &PipelineKey,
     pipeline: &MetricPipeline,
@@ -325,7 +323,7 @@ async fn forecasts(
 
 /// Today's date in the pipeline's time zone, as Postgres (which knows the
 /// zone database) says.
-async fn today_in(tx: &deadpool_postgres::Transaction<'_>, zone: &str) -> Result<Date, Error> {
+async fn today_in(tx: &tokio_postgres::Transaction<'_>, zone: &str) -> Result<Date, Error> {
     let row = tx
         .query_one(
             "SELECT to_char((now() AT TIME ZONE $1)::date, 'YYYY-MM-DD')",

@@ -39,9 +39,9 @@ use crate::naming::{self, TenantNames};
 use crate::slim::Slim;
 
 /// Path of the credentials under the tenant's Vault/OpenBao prefix.
-const VAULT_CREDENTIALS: &str = "credentials";
+pub(crate) const VAULT_CREDENTIALS: &str = "credentials";
 
-pub(super) fn names_of(tenant: &PartnerTenant) -> TenantNames {
+pub(crate) fn names_of(tenant: &PartnerTenant) -> TenantNames {
     TenantNames::new(&tenant.name_any(), tenant.spec.namespace.as_deref())
 }
 
@@ -52,7 +52,7 @@ fn outcome(condition: &'static str, result: Result<String, Error>) -> PartOutcom
     }
 }
 
-pub(super) fn stores_in_vault(tenant: &PartnerTenant) -> bool {
+pub(crate) fn stores_in_vault(tenant: &PartnerTenant) -> bool {
     matches!(
         tenant.spec.secrets.store,
         SecretStore::Vault | SecretStore::Both

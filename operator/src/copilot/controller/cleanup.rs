@@ -65,8 +65,8 @@ pub async fn cleanup(
         .await;
         return Ok(Action::await_change());
     }
-    let mut conn = ctx.postgres.session(&db.backend).await?;
-    let tx = as_tenant(&mut conn, &db).await?;
+    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
+    let tx = as_tenant(&mut conn).await?;
     let statements = ddl::drop_all(&db.schema, &names);
     for statement in &statements {
         tx.batch_execute(statement).await?;

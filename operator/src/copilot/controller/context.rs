@@ -194,9 +194,9 @@ impl RetentionClock {
     }
 }
 
-/// The operator's shared context plus the copilot controller's own
-/// Postgres pools (an index build never holds a connection a tenant
-/// reconcile waits for), caches and settings.
+/// The operator's shared context plus the Postgres backends the copilot
+/// controller logs in to as each tenant (an index build never holds a
+/// connection a tenant reconcile waits for), caches and settings.
 pub struct CopilotContext {
     pub shared: Arc<Context>,
     pub postgres: Postgres,

@@ -35,7 +35,7 @@ use crate::apply::FIELD_MANAGER;
 use crate::copilot::names::CopilotNames;
 use crate::copilot::server_config::{DatabaseCredentials, ModelKey, PORT, ServerConfig};
 use crate::key_ref;
-use crate::naming::{TenantNames, quote_ident};
+use crate::naming::TenantNames;
 use crate::pipeline::owner::{Owner, TenantDatabase};
 use crate::rollup::{self, PartOutcome};
 
@@ -205,20 +205,19 @@ async fn record_intent(
     patch_status(copilot, &intent, ctx).await
 }
 
-/// Opens a transaction on the tenant's backend that runs as the tenant's
-/// role: nothing in it can reach another tenant's schema.
-pub(super) async fn as_tenant<'a>(
-    conn: &'a mut deadpool_postgres::Object,
-    db: &TenantDatabase,
-) -> Result<deadpool_postgres::Transaction<'a>, Error> {
+/// Opens a transaction in a session of the tenant's own login
+/// ([`TenantDatabase::session`]): nothing in it can reach another tenant's
+/// schema.
+pub(super) async fn as_tenant(
+    conn: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, Error> {
     let tx = conn
         .build_transaction()
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()
         .await?;
     tx.batch_execute(&format!(
-        "SET LOCAL ROLE {}; SET LOCAL statement_timeout = {}",
-        quote_ident(&db.role),
+        "SET LOCAL statement_timeout = {}",
         STATEMENT_TIMEOUT.as_millis()
     ))
     .await?;
@@ -242,8 +241,8 @@ async fn ensure_tables(
     desired: &Desired,
     ctx: &CopilotContext,
 ) -> Result<Tables, Error> {
-    let mut conn = ctx.postgres.session(&db.backend).await?;
-    let tx = as_tenant(&mut conn, db).await?;
+    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
+    let tx = as_tenant(&mut conn).await?;
     let observed = ddl::read(&tx, desired).await?;
     let statements =
         ddl::plan(desired, &observed).map_err(|ddl::Refusal(m)| Error::DimensionsChanged(m))?;
