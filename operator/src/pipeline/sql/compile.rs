@@ -681,10 +681,19 @@ impl Compiled {
     /// the bucket itself to decide.
     pub fn retained(&self, from: &str) -> String {
         format!(
-            "{time} >= (({from}) AT TIME ZONE {tz}) - interval '2 hours' AND {bucket} >= {from}",
-            time = self.time_of(),
-            tz = self.tz(),
-            bucket = self.bucket_of()
+            "{} AND {} >= {from}",
+            self.time_from(from),
+            self.bucket_of()
+        )
+    }
+
+    /// The time-column part of [`Self::retained`]: no row it leaves out is
+    /// in a bucket from `from` on.
+    pub fn time_from(&self, from: &str) -> String {
+        format!(
+            "{} >= (({from}) AT TIME ZONE {}) - interval '2 hours'",
+            self.time_of(),
+            self.tz()
         )
     }
 

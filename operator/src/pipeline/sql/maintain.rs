@@ -49,26 +49,30 @@ pub(super) fn written_since(prev: &str) -> String {
 /// What changed in one source since `prev`, as signed rows of its
 /// columns: +1 for each row inserted since, and the logged images of rows
 /// updated or deleted since — only of rows `prev` had counted (a row
-/// inserted since is counted as it is now, by the first part).
+/// inserted since is counted as it is now, by the first part). Only rows
+/// `kept` (a condition on the source's columns) are read on: late rows
+/// older than every metric keeps are most of a typical change, and each
+/// metric's own conditions would otherwise test every one of them.
 fn signed_rows(
     table: &str,
     log: &str,
     columns: &str,
     prev: &str,
+    kept: &str,
     inserted: bool,
     logged: bool,
 ) -> String {
     let mut parts = vec![];
     if inserted {
         parts.push(format!(
-            "SELECT 1 AS {LOG_SIGN}, {columns} FROM {table} WHERE {}",
+            "SELECT 1 AS {LOG_SIGN}, {columns} FROM {table} WHERE {} AND {kept}",
             written_since(prev)
         ));
     }
     if logged {
         parts.push(format!(
             "SELECT {LOG_SIGN}::int, {columns} FROM {log} WHERE NOT {LOG_TRUNCATED} AND {} \
-             AND pg_visible_in_snapshot({LOG_ROW}, {prev})",
+             AND pg_visible_in_snapshot({LOG_ROW}, {prev}) AND {kept}",
             logged_since(prev)
         ));
     }
@@ -110,9 +114,12 @@ pub(super) async fn apply_signed(
     work: &[&MetricWork<'_>],
     prev: &str,
 ) -> Result<(), SqlError> {
-    if work.is_empty() {
+    // The earliest bucket any of them keeps, by the time column (the time
+    // zone is the pipeline's, the same for every metric).
+    let Some(earliest) = work.iter().min_by_key(|w| w.from) else {
         return Ok(());
-    }
+    };
+    let kept = earliest.c.time_from(&horizon::literal(earliest.from));
     let columns: Vec<String> = source
         .columns
         .iter()
@@ -123,6 +130,7 @@ pub(super) async fn apply_signed(
         &t.log(names, source.name.as_str()),
         &columns.join(", "),
         prev,
+        &kept,
         work.iter().any(|w| w.inserted > 0),
         work.iter().any(|w| w.logged > 0),
     );
