@@ -7,7 +7,9 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use partnerplane::api::MetricPipeline;
 use partnerplane_e2e::pipelines::apply;
-use partnerplane_e2e::pipelines::{condition, is, refresh_now, tenant_session, wait_pipeline};
+use partnerplane_e2e::pipelines::{
+    REFRESH_REQUESTED, condition, is, refresh_now, tenant_session, wait_pipeline,
+};
 use partnerplane_e2e::tenants::{delete_tenants, sqlstate};
 use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition};
 use serde_json::{Value, json};
@@ -370,5 +372,101 @@ async fn a_delete_tenant_with_a_pipeline_goes_with_its_tables() -> anyhow::Resul
     assert_eq!(left, 0, "the schema and its tables are gone");
     let pipelines: Api<MetricPipeline> = Api::namespaced(client.clone(), &ns);
     assert!(pipelines.get_opt("p").await?.is_none());
+    Ok(())
+}
+
+/// One tenant's slow pipelines hold at most one of the controller's
+/// workers: another tenant's refresh is answered while they still run.
+#[tokio::test]
+async fn a_tenants_slow_pipelines_do_not_hold_up_another_tenants() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-fair"), &[]).await?;
+    let (tenant_a, ns_a) = ready_tenant(&client, &operator, "slow").await?;
+    let (tenant_b, ns_b) = ready_tenant(&client, &operator, "quick").await?;
+    let shard = operator.shard.clone();
+    // As many slow pipelines as the operator has workers (its default 4).
+    let slow: Vec<String> = (0..4).map(|i| format!("p{i}")).collect();
+    // Each with a source of its own.
+    let mut docs: Vec<Value> = slow
+        .iter()
+        .map(|name| {
+            let mut doc = pipeline(name, &ns_a, &shard, orders(json!([])), revenue());
+            doc["spec"]["sources"][0]["name"] = json!(format!("orders_{name}"));
+            doc["spec"]["metrics"][0]["source"] = json!(format!("orders_{name}"));
+            doc
+        })
+        .collect();
+    docs.push(pipeline("p", &ns_b, &shard, orders(json!([])), revenue()));
+    apply(&client, &docs).await?;
+    let mut result_tables = vec![];
+    for (ns, name) in slow
+        .iter()
+        .map(|n| (&ns_a, n))
+        .chain([(&ns_b, &"p".to_string())])
+    {
+        let ready = wait_pipeline(&client, ns, name, "Ready", Duration::from_secs(90), |p| {
+            is(p, "Ready", "True")
+        })
+        .await?;
+        result_tables.push(ready.status.unwrap().result_table.unwrap());
+    }
+    // Each of A's refreshes now takes 15 s: its own trigger sleeps when
+    // the refresh writes its results.
+    let (a, _) = tenant_session(&testbed, &client, &ns_a).await?;
+    a.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(15); RETURN NULL; END $$;",
+    )
+    .await?;
+    for table in &result_tables[..slow.len()] {
+        a.batch_execute(&format!(
+            "CREATE TRIGGER slow AFTER INSERT ON {table} FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+        ))
+        .await?;
+    }
+    for name in &slow {
+        a.batch_execute(&format!(
+            "INSERT INTO orders_{name} (partner_id, opened_at, amount) VALUES ('P1', now(), 1)"
+        ))
+        .await?;
+    }
+    let token = "slow-1";
+    let api_a: Api<MetricPipeline> = Api::namespaced(client.clone(), &ns_a);
+    for name in &slow {
+        api_a
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {REFRESH_REQUESTED: token}}})),
+            )
+            .await?;
+    }
+    // B's refresh is answered while A's run one after another.
+    let (b, _) = tenant_session(&testbed, &client, &ns_b).await?;
+    b.batch_execute("INSERT INTO orders (partner_id, opened_at, amount) VALUES ('P1', now(), 7)")
+        .await?;
+    let answered = refresh_now(&client, &ns_b, "p").await?;
+    assert_eq!(answered.status.unwrap().metrics[0].value, Some(7.0));
+    let mut a_answered = 0;
+    for name in &slow {
+        let p = api_a.get(name).await?;
+        if p.status
+            .and_then(|s| s.last_handled_refresh_request)
+            .as_deref()
+            == Some(token)
+        {
+            a_answered += 1;
+        }
+    }
+    assert!(
+        a_answered <= 1,
+        "{a_answered} of A's slow refreshes ran before B's: A held more than one worker"
+    );
+    for table in &result_tables[..slow.len()] {
+        a.batch_execute(&format!("DROP TRIGGER slow ON {table}"))
+            .await?;
+    }
+    delete_tenants(&client, &[tenant_a, tenant_b]).await?;
     Ok(())
 }

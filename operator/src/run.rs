@@ -211,6 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         webhooks: WebhookClient::new(&config.webhooks, &client).await?,
         workflows: workflows.clone(),
         backoff: Backoff::default(),
+        turns: Default::default(),
     });
     let pipelines = tokio::spawn(pipeline::run(
         pipeline_ctx,

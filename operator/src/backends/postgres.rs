@@ -289,6 +289,22 @@ impl Postgres {
         Ok(client)
     }
 
+    /// Asks `backend` to cancel what a session of
+    /// [`Self::tenant_session`] is running: a deadline of the operator's
+    /// own, which no setting inside the session can lift.
+    pub async fn cancel(&self, backend: &str, token: &tokio_postgres::CancelToken) {
+        let result = match self.backend(backend) {
+            Ok(b) => token
+                .cancel_query(b.tls.clone())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(backend, error = %e, "cancelling a tenant's statement failed");
+        }
+    }
+
     async fn client(&self, backend: &str) -> Result<deadpool_postgres::Object, PostgresError> {
         self.backend(backend)?
             .pool

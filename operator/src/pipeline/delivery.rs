@@ -22,6 +22,9 @@ use kube::runtime::events::EventType;
 
 /// Deliveries sent per reconcile; the rest wait for the next one.
 const BATCH: i64 = 20;
+/// No delivery is started after this long in one reconcile: slow
+/// receivers hold the tenant's turn (`fairness`) and a worker no longer.
+const BUDGET: Duration = Duration::from_secs(30);
 
 /// Where the pipeline's breaches go: each webhook's URL, and for each
 /// Workflow action its tenant workflow's target (resolved at delivery).
@@ -69,7 +72,11 @@ async fn deliver(
         tx.commit().await?;
         due
     };
+    let started = std::time::Instant::now();
     for delivery in &pending {
+        if started.elapsed() > BUDGET {
+            break;
+        }
         let action = pipeline
             .spec
             .on_breach

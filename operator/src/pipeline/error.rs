@@ -16,6 +16,8 @@ pub enum Error {
     NoTenant(String),
     #[error("waiting: {0}")]
     TenantNotReady(String),
+    #[error("the refresh took longer than {}s and was cancelled", .0.as_secs())]
+    TimedOut(std::time::Duration),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -53,6 +55,7 @@ impl Error {
             Self::Sql(SqlError::Database(_)) => "PostgresError",
             Self::NoTenant(_) => "NoTenant",
             Self::TenantNotReady(_) => "TenantNotReady",
+            Self::TimedOut(_) => "RefreshTimedOut",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),

@@ -8,6 +8,7 @@ pub mod context;
 pub mod delivery;
 pub mod error;
 pub mod explain;
+pub mod fairness;
 pub mod forecast;
 pub mod outbox;
 pub mod owner;

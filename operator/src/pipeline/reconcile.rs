@@ -24,7 +24,7 @@ use super::schedule::{self, Due};
 use super::sql::{self, PipelineKey, RefreshReport, Target};
 use super::status::{self as pstatus, MetricForecast, OBJECTIVES_MET, REFRESHED, SOURCES_READY};
 use super::telemetry::PipelineLabels;
-use super::{delivery, forecast, outbox};
+use super::{delivery, fairness, forecast, outbox};
 use crate::api::conditions::{self, RECONCILING};
 use crate::api::metric::Comparison;
 use crate::api::pipeline::{MetricPipeline, MetricPipelineStatus};
@@ -32,8 +32,11 @@ use crate::rollup::{self, PartOutcome};
 
 /// (partner, bucket) keys re-derived from raw rows on every refresh.
 const SAMPLE_KEYS: usize = 4;
-/// A refresh that takes longer is cancelled by Postgres.
+/// A statement that takes longer is cancelled by Postgres.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// A refresh that takes longer in all is cancelled by the operator: the
+/// tenant's own code may run in it and lift the statement timeout.
+const REFRESH_DEADLINE: Duration = STATEMENT_TIMEOUT;
 /// Setting this annotation to a new value (a timestamp, say) refreshes the
 /// pipeline at once, like Flux's `reconcile.fluxcd.io/requestedAt`.
 pub const REFRESH_REQUESTED: &str = "partnerplane.io/refresh-requested-at";
@@ -68,6 +71,9 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
     if let Err(invalid) = sql::check(&pipeline.spec) {
         return settle(&pipeline, ctx, Error::Sql(invalid)).await;
     }
+    let Some(_turn) = ctx.turns.take(&db.tenant) else {
+        return Ok(Action::requeue(fairness::BUSY_RETRY));
+    };
     let interval = schedule::parse_interval(&pipeline.spec.refresh_interval)
         .unwrap_or(Duration::from_secs(300));
     let refreshed_generation = conditions::find(&previous.conditions, REFRESHED)
@@ -203,10 +209,25 @@ async fn refresh(
     db: &TenantDatabase,
     ctx: &PipelineContext,
 ) -> Result<Refreshed, Error> {
+    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
+    let cancel = conn.cancel_token();
+    match tokio::time::timeout(REFRESH_DEADLINE, refresh_in(pipeline, db, &mut conn)).await {
+        Ok(done) => done,
+        Err(_) => {
+            ctx.postgres.cancel(&db.backend, &cancel).await;
+            Err(Error::TimedOut(REFRESH_DEADLINE))
+        }
+    }
+}
+
+async fn refresh_in(
+    pipeline: &MetricPipeline,
+    db: &TenantDatabase,
+    conn: &mut tokio_postgres::Client,
+) -> Result<Refreshed, Error> {
     let spec = &pipeline.spec;
     let (target, key) = (target_of(db), key_of(pipeline));
-    let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
-    let tx = as_tenant(&mut conn, IsolationLevel::RepeatableRead).await?;
+    let tx = as_tenant(conn, IsolationLevel::RepeatableRead).await?;
     let ensured = sql::ensure(&tx, &target, &key, spec).await?;
     outbox::ensure_tables(&tx, &target.schema, &key).await?;
     let report = sql::refresh(&tx, &target, &key, spec, SAMPLE_KEYS).await?;
