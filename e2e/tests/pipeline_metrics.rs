@@ -338,3 +338,131 @@ async fn the_result_table_keeps_each_refresh_for_a_day_then_each_hours_last() ->
     delete_tenants(&client, &[tenant]).await?;
     Ok(())
 }
+
+/// Rows at the edges are counted as SQL would count them, or not at all:
+/// numerics equal in SQL are one partner and one distinct value, a row
+/// without a partner id counts for no one, a count over no rows is 0 (and
+/// can breach), and a row whose transaction number was written by hand
+/// past any transaction that ran is not counted again at each refresh.
+#[tokio::test]
+async fn awkward_rows_are_counted_as_sql_counts_them_or_not_at_all() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-edge"), &[]).await?;
+    let tenant = unique_name("edge");
+    let namespace = format!("ptn-{tenant}");
+    apply(
+        &client,
+        &[operator.tenant(
+            &tenant,
+            json!({"displayName": "edge", "secrets": {"store": "Both"}}),
+        )],
+    )
+    .await?;
+    wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    let columns = |partner: &str| {
+        json!([{"name": "p", "type": partner}, {"name": "t", "type": "Timestamp"},
+               {"name": "x", "type": "Numeric"}])
+    };
+    let metric = |name: &str, source: &str, aggregate: serde_json::Value| {
+        json!({"name": name, "domain": "ServiceDelivery", "source": source,
+               "aggregate": aggregate, "window": "7d"})
+    };
+    let mut count = metric("cnt", "ev", json!({"kind": "Count"}));
+    count["objective"] = json!({"comparison": "AtLeast", "target": 3.0});
+    let manifest = json!({
+        "apiVersion": "partnerplane.io/v1alpha1",
+        "kind": "MetricPipeline",
+        "metadata": {"name": "edge", "namespace": &namespace,
+                     "labels": {"partnerplane.io/shard": &operator.shard}},
+        "spec": {
+            "refreshInterval": "1h",
+            "sources": [
+                {"name": "ev", "partnerColumn": "p", "timeColumn": "t", "columns": columns("Text")},
+                {"name": "np", "partnerColumn": "p", "timeColumn": "t", "columns": columns("Numeric")},
+            ],
+            "metrics": [
+                count,
+                metric("dx", "ev", json!({"kind": "CountDistinct", "column": "x"})),
+                metric("lo", "np", json!({"kind": "Minimum", "column": "x"})),
+            ],
+        }
+    });
+    apply(&client, &[manifest]).await?;
+    let first = wait_pipeline(
+        &client,
+        &namespace,
+        "edge",
+        "Ready",
+        Duration::from_secs(90),
+        |p| is(p, "Ready", "True"),
+    )
+    .await?;
+    let value = |p: &MetricPipeline, name: &str| {
+        let m = p
+            .status
+            .as_ref()
+            .unwrap()
+            .metrics
+            .iter()
+            .find(|m| m.name.as_str() == name);
+        (m.and_then(|m| m.value), m.and_then(|m| m.objective_met))
+    };
+    assert_eq!(
+        value(&first, "cnt"),
+        (Some(0.0), Some(false)),
+        "no rows: a count of 0, breached"
+    );
+    let table = first.status.unwrap().result_table.unwrap();
+
+    let (session, _) = tenant_session(&testbed, &client, &namespace).await?;
+    session
+        .batch_execute(
+            "INSERT INTO ev (p, t, x) VALUES ('A', now() - interval '1 hour', 1), \
+             ('A', now() - interval '1 hour', 1.0), ('A', now() - interval '1 hour', 1.00), \
+             ('', now() - interval '1 hour', 5);
+             INSERT INTO ev (p, t, x, _pp_xid) VALUES ('B', now() - interval '1 hour', 2, '900000000');
+             INSERT INTO np (p, t, x) VALUES (1.0, now() - interval '1 hour', 10), (1.00, now() - interval '1 hour', 20);",
+        )
+        .await?;
+    let refreshed = refresh_now(&client, &namespace, "edge").await?;
+    assert_eq!(value(&refreshed, "cnt"), (Some(3.0), Some(true)));
+    assert_eq!(
+        value(&refreshed, "dx").0,
+        Some(1.0),
+        "1, 1.0 and 1.00 are one value"
+    );
+    let results = pipelines::latest_results(&session, &table).await?;
+    let partners = |metric: &str| -> Vec<(String, f64)> {
+        results
+            .iter()
+            .filter(|((m, p), _)| m == metric && p.is_some())
+            .map(|((_, p), v)| (p.clone().unwrap(), *v))
+            .collect()
+    };
+    assert_eq!(
+        partners("cnt"),
+        vec![("A".to_string(), 3.0)],
+        "no partner '', B's row not seen"
+    );
+    assert_eq!(
+        partners("lo"),
+        vec![("1".to_string(), 10.0)],
+        "1.0 and 1.00 are one partner"
+    );
+
+    // The minimum's partner key is recomputed after an update, and later
+    // refreshes do not count the hand-numbered row either.
+    session
+        .batch_execute(
+            "UPDATE np SET x = 5 WHERE x = 10; \
+             INSERT INTO ev (p, t, x) VALUES ('A', now() - interval '1 hour', 2)",
+        )
+        .await?;
+    let refreshed = refresh_now(&client, &namespace, "edge").await?;
+    assert_eq!(value(&refreshed, "lo").0, Some(5.0));
+    assert_eq!(value(&refreshed, "cnt").0, Some(4.0));
+    assert_eq!(value(&refreshed, "dx").0, Some(2.0));
+    delete_tenants(&client, &[tenant]).await?;
+    Ok(())
+}

@@ -81,11 +81,13 @@ pub struct MetricPipelineSpec {
     /// IANA time zone that day buckets and windows follow, such as
     /// `Europe/Berlin`. A `30d` window covers today and the 29 days before
     /// it, as calendar days in this zone (correct across DST changes); an
-    /// hour window covers whole hours.
+    /// hour window covers whole hours. A name without an area is letters
+    /// only (`UTC`): POSIX zone strings such as `UTC+3`, which Postgres
+    /// would read with the sign reversed, are refused.
     #[serde(default = "default_time_zone")]
     #[schemars(
         length(min = 1, max = 64),
-        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+        regex(pattern = r"^[A-Za-z]+(/[A-Za-z0-9_+-]+)*$")
     )]
     pub time_zone: String,
 
@@ -234,7 +236,8 @@ pub struct RefreshSummary {
 pub struct MetricStatus {
     /// Metric name.
     pub name: Identifier,
-    /// Value over all partners; absent when there were no rows.
+    /// Value over all partners; absent when there were no rows, except a
+    /// count, which is then 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     /// Whether the objective is met; absent without an objective or value.

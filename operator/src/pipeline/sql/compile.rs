@@ -320,6 +320,10 @@ fn compile_metric(
         format!("{} IS NOT NULL", q(source.partner_column.as_str())),
         format!("{} IS NOT NULL", q(source.time_column.as_str())),
     ];
+    // An empty partner id names no partner, as a missing one does not.
+    if partner.type_ == ColumnType::Text {
+        conditions.push(format!("{} <> ''", q(source.partner_column.as_str())));
+    }
     for (j, p) in metric.filters.iter().enumerate() {
         conditions.push(predicate_sql(
             p,
@@ -409,7 +413,7 @@ fn compile_metric(
                     ),
                 ));
             }
-            Some(format!("{}::text", q(c.as_str())))
+            Some(as_text(&q(c.as_str()), cols[c.as_str()].type_))
         }
         _ => None,
     };
@@ -485,6 +489,16 @@ fn compile_metric(
     })
 }
 
+/// A column's value as text, one text per value: a numeric's trailing
+/// zeros dropped, so `1.0` and `1.00` are the same partner or distinct
+/// value, as they are equal in SQL.
+fn as_text(column: &str, type_: ColumnType) -> String {
+    match type_ {
+        ColumnType::Numeric => format!("trim_scale({column})::text"),
+        _ => format!("{column}::text"),
+    }
+}
+
 /// Columns of the rollup table, in the order [`Compiled::rollup_select`] yields them.
 pub const ROLLUP_COLUMNS: &str = "metric, partner, dims, bucket, k, v, n, m, s, lo, hi";
 /// Columns of the window table: the rollup's without the bucket.
@@ -513,7 +527,7 @@ impl Compiled {
 
     /// The partner as text.
     pub fn partner_of(&self) -> String {
-        format!("{}::text", quote_ident(&self.partner_column))
+        as_text(&quote_ident(&self.partner_column), self.partner_type)
     }
 
     /// The source's partner column compared with a text key.
@@ -754,7 +768,8 @@ impl Compiled {
             );
         }
         let value = match self.kind {
-            AggregateKind::Count => "sum(n)::float8".to_string(),
+            // No rows is a count of 0, not a missing value.
+            AggregateKind::Count => "coalesce(sum(n), 0)::float8".to_string(),
             AggregateKind::CountDistinct => "count(DISTINCT v)::float8".to_string(),
             AggregateKind::Sum => "(CASE WHEN sum(n) > 0 THEN sum(s) END)::float8".to_string(),
             AggregateKind::Average => "(sum(s) / NULLIF(sum(n), 0))::float8".to_string(),

@@ -38,11 +38,15 @@ fn changed_keys(c: &Compiled, log: &str, prev: &str, from: &str) -> String {
 }
 
 /// Rows inserted by transactions `prev` did not see (rows written before
-/// the capture trigger stamped updates too). The first condition is what
-/// the BRIN index on the transaction number answers.
-pub(super) fn written_since(prev: &str) -> String {
+/// the capture trigger stamped updates too) and `current` does. The first
+/// condition is what the BRIN index on the transaction number answers; the
+/// last keeps out a row whose transaction number was written by hand past
+/// any that has run, which no snapshot would ever see, so that it is not
+/// counted again at every refresh.
+pub(super) fn written_since(prev: &str, current: &str) -> String {
     format!(
-        "{XID_NUMBER} >= (pg_snapshot_xmin({prev})::text)::bigint AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev})"
+        "{XID_NUMBER} >= (pg_snapshot_xmin({prev})::text)::bigint AND NOT pg_visible_in_snapshot({XID_COLUMN}, {prev}) \
+         AND pg_visible_in_snapshot({XID_COLUMN}, {current})"
     )
 }
 
@@ -57,7 +61,7 @@ fn signed_rows(
     table: &str,
     log: &str,
     columns: &str,
-    prev: &str,
+    (prev, current): (&str, &str),
     kept: &str,
     inserted: bool,
     logged: bool,
@@ -66,7 +70,7 @@ fn signed_rows(
     if inserted {
         parts.push(format!(
             "SELECT 1 AS {LOG_SIGN}, {columns} FROM {table} WHERE {} AND {kept}",
-            written_since(prev)
+            written_since(prev, current)
         ));
     }
     if logged {
@@ -113,6 +117,7 @@ pub(super) async fn apply_signed(
     source: &crate::api::metric::Source,
     work: &[&MetricWork<'_>],
     prev: &str,
+    current: &str,
 ) -> Result<(), SqlError> {
     // The earliest bucket any of them keeps, by the time column (the time
     // zone is the pipeline's, the same for every metric).
@@ -129,7 +134,7 @@ pub(super) async fn apply_signed(
         &t.source(source.name.as_str()),
         &t.log(names, source.name.as_str()),
         &columns.join(", "),
-        prev,
+        (prev, current),
         &kept,
         work.iter().any(|w| w.inserted > 0),
         work.iter().any(|w| w.logged > 0),
@@ -206,6 +211,7 @@ pub(super) async fn recompute_extremes(
     names: &DerivedNames,
     w: &MetricWork<'_>,
     prev: &str,
+    current: &str,
 ) -> Result<(), SqlError> {
     let c = w.c;
     let table = t.source(&c.source);
@@ -248,7 +254,7 @@ pub(super) async fn recompute_extremes(
     if w.inserted > 0 {
         let mut fresh = format!(
             "{} AND {}",
-            written_since(prev),
+            written_since(prev, current),
             c.retained(&horizon::literal(w.from))
         );
         if w.logged > 0 {

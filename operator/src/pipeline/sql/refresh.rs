@@ -138,6 +138,9 @@ pub async fn refresh(
         .query_typed_one(&format!("SELECT {}", columns.join(", ")), &[])
         .await?;
     let (current, anchor): (String, String) = (row.get(0), row.get(1));
+    let current_literal = snapshot_literal(&current).ok_or_else(|| SqlError::Refused {
+        message: format!("Postgres printed {current:?} for the current snapshot"),
+    })?;
     let mut state = State::parse(&row.get::<_, String>(2))?;
     let current_xid: String = row.get(3);
     let unreadable = || SqlError::Invalid {
@@ -175,7 +178,7 @@ pub async fn refresh(
                      (SELECT count(*) FROM {log} WHERE {since}), \
                      (SELECT coalesce(bool_or({LOG_TRUNCATED}), false) FROM {log} WHERE {since})",
                     table = t.source(name),
-                    written = written_since(prev)
+                    written = written_since(prev, &current_literal)
                 )
             })
             .collect();
@@ -349,9 +352,18 @@ pub async fn refresh(
             .copied()
             .filter(|w| w.c.invertible())
             .collect();
-        apply_signed(tx, &t, &names, source, &invertible, prev_literal).await?;
+        apply_signed(
+            tx,
+            &t,
+            &names,
+            source,
+            &invertible,
+            prev_literal,
+            &current_literal,
+        )
+        .await?;
         for w in of_source.iter().filter(|w| !w.c.invertible()) {
-            recompute_extremes(tx, &t, &names, w, prev_literal).await?;
+            recompute_extremes(tx, &t, &names, w, prev_literal, &current_literal).await?;
         }
     }
     // Drop partial aggregates of metrics no longer in the spec.
