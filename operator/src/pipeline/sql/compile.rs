@@ -392,8 +392,11 @@ fn compile_metric(
     if let Some(m) = &measure {
         // Missing values, NaN and infinities are not counted: the last two
         // would never leave a sum again. NaN sorts above Infinity, and a
-        // missing value compares to nothing.
-        conditions.push(format!("abs({m}) < 'Infinity'::numeric"));
+        // missing value compares to nothing. Nor are numbers a float8
+        // cannot hold, whose value could never be reported.
+        conditions.push(format!(
+            "abs({m}) <= {FLOAT8_MAX} AND ({m} = 0 OR abs({m}) >= {FLOAT8_MIN_NORMAL})"
+        ));
     }
     let distinct = match a.kind {
         AggregateKind::CountDistinct => {
@@ -488,6 +491,12 @@ fn compile_metric(
         distinct,
     })
 }
+
+/// The largest and the smallest normal magnitude a float8 holds, as
+/// numeric constants: Postgres refuses to turn a numeric outside them into
+/// a float8.
+const FLOAT8_MAX: &str = "1.7976931348623157e308";
+const FLOAT8_MIN_NORMAL: &str = "2.2250738585072014e-308";
 
 /// A column's value as text, one text per value: a numeric's trailing
 /// zeros dropped, so `1.0` and `1.00` are the same partner or distinct
@@ -771,7 +780,10 @@ impl Compiled {
             // No rows is a count of 0, not a missing value.
             AggregateKind::Count => "coalesce(sum(n), 0)::float8".to_string(),
             AggregateKind::CountDistinct => "count(DISTINCT v)::float8".to_string(),
-            AggregateKind::Sum => "(CASE WHEN sum(n) > 0 THEN sum(s) END)::float8".to_string(),
+            // A sum past what a float8 holds has no value to report.
+            AggregateKind::Sum => format!(
+                "(CASE WHEN sum(n) > 0 AND abs(sum(s)) <= {FLOAT8_MAX} THEN sum(s) END)::float8"
+            ),
             AggregateKind::Average => "(sum(s) / NULLIF(sum(n), 0))::float8".to_string(),
             AggregateKind::Minimum => "min(lo)::float8".to_string(),
             AggregateKind::Maximum => "max(hi)::float8".to_string(),
