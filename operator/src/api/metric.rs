@@ -58,6 +58,11 @@ pub struct Source {
 /// A column of a source table.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(self.name in ['ctid', 'xmin', 'xmax', 'cmin', 'cmax', 'tableoid'])")
+        .message("the name of a Postgres system column cannot name a column")
+        .field_path(".name")
+)]
 pub struct Column {
     /// Column name.
     pub name: Identifier,

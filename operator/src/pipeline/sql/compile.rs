@@ -147,7 +147,8 @@ fn typed_literal(literal: &Literal, column: &Column, time_zone: &str) -> Result<
             Ok(format!("{}::text", string_literal(s)))
         }
         ColumnType::Integer => match (literal.integer, literal.number) {
-            (Some(i), _) => Ok(format!("{i}::bigint")),
+            // Quoted: `-9223372036854775808::bigint` would cast first.
+            (Some(i), _) => Ok(format!("'{i}'::bigint")),
             (_, Some(n)) => Ok(format!("'{n}'::numeric")),
             _ => Err(mismatch()),
         },
@@ -162,6 +163,10 @@ fn typed_literal(literal: &Literal, column: &Column, time_zone: &str) -> Result<
             let at: k8s_openapi::jiff::Timestamp = text
                 .parse()
                 .map_err(|_| format!("{text:?} is not an RFC 3339 timestamp"))?;
+            // Postgres has no year 0 and refuses the years before it.
+            if at < k8s_openapi::jiff::Timestamp::from_second(-62_135_596_800).unwrap_or(at) {
+                return Err(format!("{text:?} is before the year 1"));
+            }
             let constant = format!("'{at}'::timestamptz");
             Ok(if column.type_ == ColumnType::Date {
                 format!(
@@ -945,6 +950,39 @@ pub fn explain(spec: &MetricPipelineSpec) -> Result<String, SqlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_at_the_ends_of_their_types_are_constants_postgres_takes() {
+        let column = |type_: &str| -> Column {
+            serde_json::from_value(serde_json::json!({"name": "c", "type": type_})).unwrap()
+        };
+        let literal = |v: serde_json::Value| -> Literal { serde_json::from_value(v).unwrap() };
+        assert_eq!(
+            typed_literal(
+                &literal(serde_json::json!({"integer": i64::MIN})),
+                &column("Integer"),
+                "UTC"
+            ),
+            Ok("'-9223372036854775808'::bigint".to_string())
+        );
+        assert_eq!(
+            typed_literal(
+                &literal(serde_json::json!({"timestamp": "0001-01-01T00:00:00Z"})),
+                &column("Timestamp"),
+                "UTC"
+            ),
+            Ok("'0001-01-01T00:00:00Z'::timestamptz".to_string())
+        );
+        assert!(
+            typed_literal(
+                &literal(serde_json::json!({"timestamp": "0000-12-31T23:59:59Z"})),
+                &column("Timestamp"),
+                "UTC"
+            )
+            .unwrap_err()
+            .contains("before the year 1")
+        );
+    }
 
     fn spec(yaml: &str) -> MetricPipelineSpec {
         serde_yaml::from_str(yaml).unwrap()
