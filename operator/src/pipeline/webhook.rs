@@ -273,11 +273,11 @@ impl Allowlist {
             }
             Some(if literal(host).is_some() {
                 format!(
-                    "refused to deliver to {host}: a {kind} address (add it to webhooks.allow to permit it)"
+                    "refused to deliver to {host}: {} {kind} address (add it to webhooks.allow to permit it)", article(kind)
                 )
             } else {
                 format!(
-                    "refused to deliver to {host}: it resolves to {ip}, a {kind} address (add it to webhooks.allow to permit it)"
+                    "refused to deliver to {host}: it resolves to {ip}, {} {kind} address (add it to webhooks.allow to permit it)", article(kind)
                 )
             })
         })
@@ -290,6 +290,14 @@ fn literal(host: &str) -> Option<IpAddr> {
         .trim_end_matches(']')
         .parse()
         .ok()
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn normalize(host: &str) -> String {
@@ -330,11 +338,20 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
 }
 
 fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    let [.., high, low] = segments;
+    let embedded = || Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
     Some(if ip.is_loopback() {
         "loopback"
     } else if ip.is_unspecified() {
         "unspecified"
+    } else if segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d): what
+        // they reach is the IPv4 address they carry.
+        return internal_v4(embedded());
+    } else if segments[..3] == [0x64, 0xff9b, 1] {
+        "NAT64 (local use)"
     } else if ip.is_unicast_link_local() {
         "link-local"
     } else if first & 0xffc0 == 0xfec0 {
@@ -458,6 +475,10 @@ mod tests {
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:169.254.169.254", "link-local"),
             ("::ffff:10.0.0.1", "private"),
+            ("::127.0.0.1", "loopback"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("64:ff9b:1::1", "NAT64 (local use)"),
         ] {
             assert_eq!(internal(ip(address)), Some(kind), "{address}");
         }
