@@ -81,13 +81,16 @@ pub struct MetricPipelineSpec {
     /// IANA time zone that day buckets and windows follow, such as
     /// `Europe/Berlin`. A `30d` window covers today and the 29 days before
     /// it, as calendar days in this zone (correct across DST changes); an
-    /// hour window covers whole hours. A name without an area is letters
-    /// only (`UTC`): POSIX zone strings such as `UTC+3`, which Postgres
-    /// would read with the sign reversed, are refused.
+    /// hour window covers whole hours. Digits and signs appear only in
+    /// `Etc/GMT+5`-style names: a name Postgres finds no zone for it reads
+    /// as a POSIX zone string, so `UTC+3` or `Europe/Berlin+3` would mean
+    /// UTC-3; such names, and legacy ones like `EST5EDT`, are refused.
     #[serde(default = "default_time_zone")]
     #[schemars(
         length(min = 1, max = 64),
-        regex(pattern = r"^[A-Za-z]+(/[A-Za-z0-9_+-]+)*$")
+        regex(
+            pattern = r"^(Etc/GMT([+-]?0|\+([1-9]|1[0-2])|-([1-9]|1[0-4]))|[A-Za-z]+(/[A-Za-z_-]+)*)$"
+        )
     )]
     pub time_zone: String,
 
