@@ -503,6 +503,16 @@ fn compile_metric(
 const FLOAT8_MAX: &str = "1.7976931348623157e308";
 const FLOAT8_MIN_NORMAL: &str = "2.2250738585072014e-308";
 
+/// A numeric as a float8: none past what a float8 holds, 0 below its
+/// smallest normal magnitude (values that nearly cancel), where a plain
+/// cast would fail the whole refresh.
+fn as_float8(numeric: &str) -> String {
+    format!(
+        "(CASE WHEN abs({numeric}) > {FLOAT8_MAX} THEN NULL \
+         WHEN abs({numeric}) < {FLOAT8_MIN_NORMAL} THEN 0 ELSE {numeric} END)::float8"
+    )
+}
+
 /// A column's value as text, one text per value: a numeric's trailing
 /// zeros dropped, so `1.0` and `1.00` are the same partner or distinct
 /// value, as they are equal in SQL.
@@ -785,11 +795,8 @@ impl Compiled {
             // No rows is a count of 0, not a missing value.
             AggregateKind::Count => "coalesce(sum(n), 0)::float8".to_string(),
             AggregateKind::CountDistinct => "count(DISTINCT v)::float8".to_string(),
-            // A sum past what a float8 holds has no value to report.
-            AggregateKind::Sum => format!(
-                "(CASE WHEN sum(n) > 0 AND abs(sum(s)) <= {FLOAT8_MAX} THEN sum(s) END)::float8"
-            ),
-            AggregateKind::Average => "(sum(s) / NULLIF(sum(n), 0))::float8".to_string(),
+            AggregateKind::Sum => as_float8("CASE WHEN sum(n) > 0 THEN sum(s) END"),
+            AggregateKind::Average => as_float8("sum(s) / NULLIF(sum(n), 0)"),
             AggregateKind::Minimum => "min(lo)::float8".to_string(),
             AggregateKind::Maximum => "max(hi)::float8".to_string(),
             AggregateKind::Ratio => "(sum(m)::numeric / NULLIF(sum(n), 0))::float8".to_string(),
