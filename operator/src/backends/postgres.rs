@@ -9,6 +9,7 @@
 //! identifiers are always quoted, and passwords travel as SCRAM verifiers,
 //! never in clear text.
 
+mod idle;
 mod plan;
 pub mod scram;
 pub mod tls;
@@ -66,6 +67,64 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// Idle tenant sessions with their server process ids.
+type IdleSessions = std::sync::Mutex<idle::IdleList<(tokio_postgres::Client, i32)>>;
+
+/// A tenant's own session ([`Postgres::tenant_session`]). Dropped, it is
+/// closed; [`Self::release`]d after work that ended cleanly, it is kept
+/// idle for the tenant's next work.
+pub struct TenantSession<'a> {
+    client: Option<tokio_postgres::Client>,
+    /// Its server process.
+    pid: i32,
+    key: String,
+    idle: &'a IdleSessions,
+}
+
+impl TenantSession<'_> {
+    /// Keeps the session for the tenant's next work.
+    pub fn release(mut self) {
+        if let Some(client) = self.client.take().filter(|c| !c.is_closed()) {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).keep(
+                std::mem::take(&mut self.key),
+                (client, self.pid),
+                std::time::Instant::now(),
+            );
+        }
+    }
+}
+
+impl std::ops::Deref for TenantSession<'_> {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &Self::Target {
+        self.client.as_ref().expect("present until released")
+    }
+}
+
+impl std::ops::DerefMut for TenantSession<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.client.as_mut().expect("present until released")
+    }
+}
+
+impl PostgresError {
+    /// The category of a failed login of a tenant's own, if this is one:
+    /// the server out of reach or starting, the role's or the server's
+    /// connections all taken, the login refused, its password unreadable.
+    pub fn login_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::TenantCredentials(_) => Some("TenantCredentialsUnavailable"),
+            Self::TenantLogin { source, .. } => Some(match source.code() {
+                None => "PostgresUnavailable",
+                Some(c) if *c == SqlState::CANNOT_CONNECT_NOW => "PostgresUnavailable",
+                Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS => "PostgresConnectionLimit",
+                Some(_) => "TenantLoginRefused",
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a converge did.
@@ -166,6 +225,8 @@ struct Backend {
 pub struct Postgres {
     backends: BTreeMap<String, Backend>,
     metrics: Arc<Metrics>,
+    /// Tenants' own sessions between two pieces of their work.
+    idle: IdleSessions,
 }
 
 impl Postgres {
@@ -213,6 +274,12 @@ impl Postgres {
             };
             let mut pg: tokio_postgres::Config = split.dsn.parse().with_context(context)?;
             pg.connect_timeout(timeout).ssl_mode(plan.mode);
+            // Named, so tenants' logins reach the admin's database rather
+            // than one named after themselves (Postgres' default).
+            if pg.get_dbname().is_none() {
+                let database = pg.get_user().unwrap_or("postgres").to_string();
+                pg.dbname(&database);
+            }
             let connector = tls::connector(plan.verify, roots).with_context(context)?;
             let manager = Manager::from_config(
                 pg.clone(),
@@ -241,6 +308,7 @@ impl Postgres {
         Ok(Self {
             backends: pools,
             metrics,
+            idle: Default::default(),
         })
     }
 
@@ -261,47 +329,78 @@ impl Postgres {
     /// tenant as the authenticated user, nothing that code does (`RESET
     /// ROLE`, `SET ROLE`, `SET SESSION AUTHORIZATION`) reaches beyond the
     /// tenant's own privileges; from an admin session that had only `SET
-    /// ROLE` to the tenant, `RESET ROLE` would make it the admin. Not pooled:
-    /// an idle pool per tenant would hold a Postgres backend per tenant.
-    pub async fn tenant_session(
+    /// ROLE` to the tenant, `RESET ROLE` would make it the admin. An idle
+    /// session of the same login is reused (see `idle`); `password` is
+    /// asked for only when a new one is opened.
+    pub async fn tenant_session<F, Fut>(
         &self,
         backend: &str,
         role: &str,
-        password: &str,
-    ) -> Result<tokio_postgres::Client, PostgresError> {
+        password: F,
+    ) -> Result<TenantSession<'_>, PostgresError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, PostgresError>>,
+    {
         let b = self.backend(backend)?;
+        let key = format!("{backend}/{role}");
+        let login_error = |source| PostgresError::TenantLogin {
+            backend: backend.to_string(),
+            role: role.to_string(),
+            source,
+        };
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&key, std::time::Instant::now());
+        if let Some((client, pid)) = reused {
+            // Whatever the tenant's code left on the session goes.
+            if client.batch_execute("DISCARD ALL").await.is_ok() {
+                return Ok(TenantSession {
+                    client: Some(client),
+                    pid,
+                    key,
+                    idle: &self.idle,
+                });
+            }
+        }
         let mut config = b.login.clone();
-        config.user(role).password(password);
-        let (client, connection) =
-            config
-                .connect(b.tls.clone())
-                .await
-                .map_err(|source| PostgresError::TenantLogin {
-                    backend: backend.to_string(),
-                    role: role.to_string(),
-                    source,
-                })?;
+        config.user(role).password(password().await?);
+        let (client, connection) = config.connect(b.tls.clone()).await.map_err(login_error)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a tenant's Postgres session ended");
             }
         });
-        Ok(client)
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(login_error)?
+            .get(0);
+        Ok(TenantSession {
+            client: Some(client),
+            pid,
+            key,
+            idle: &self.idle,
+        })
     }
 
-    /// Asks `backend` to cancel what a session of
-    /// [`Self::tenant_session`] is running: a deadline of the operator's
-    /// own, which no setting inside the session can lift.
-    pub async fn cancel(&self, backend: &str, token: &tokio_postgres::CancelToken) {
-        let result = match self.backend(backend) {
-            Ok(b) => token
-                .cancel_query(b.tls.clone())
+    /// Ends a tenant session's server process from an admin session: a
+    /// cancel request can be caught by the tenant's code, this cannot.
+    pub async fn terminate(&self, backend: &str, session: TenantSession<'_>) {
+        let pid = session.pid;
+        drop(session);
+        let result = match self.client(backend).await {
+            Ok(admin) => admin
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
                 .await
+                .map(drop)
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = result {
-            tracing::warn!(backend, error = %e, "cancelling a tenant's statement failed");
+            tracing::warn!(backend, error = %e, "ending a tenant's session failed");
         }
     }
 

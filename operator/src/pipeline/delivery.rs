@@ -25,6 +25,9 @@ const BATCH: i64 = 20;
 /// No delivery is started after this long in one reconcile: slow
 /// receivers hold the tenant's turn (`fairness`) and a worker no longer.
 const BUDGET: Duration = Duration::from_secs(30);
+/// Deliveries of one reconcile are abandoned after this long in all (one
+/// started within the budget can take its own timeout past it).
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Where the pipeline's breaches go: each webhook's URL, and for each
 /// Workflow action its tenant workflow's target (resolved at delivery).
@@ -47,10 +50,19 @@ pub async fn deliver_due(
     db: &TenantDatabase,
     ctx: &PipelineContext,
 ) -> Option<Duration> {
-    match deliver(pipeline, db, ctx).await {
-        Ok(next) => next,
-        Err(e) => {
+    // The tenant's code runs on the outbox's writes too: however long it
+    // takes, the worker and the tenant's turn are given back.
+    match tokio::time::timeout(DEADLINE, deliver(pipeline, db, ctx)).await {
+        Ok(Ok(next)) => next,
+        Ok(Err(e)) => {
             tracing::warn!(reason = e.reason(), "webhook deliveries: {}", e.message());
+            Some(Duration::from_secs(30))
+        }
+        Err(_) => {
+            tracing::warn!(
+                "webhook deliveries took longer than {}s",
+                DEADLINE.as_secs()
+            );
             Some(Duration::from_secs(30))
         }
     }
@@ -188,6 +200,7 @@ async fn deliver(
     let tx = as_tenant(&mut conn, IsolationLevel::ReadCommitted).await?;
     let next = outbox::next_attempt(&tx, &db.schema, &key).await?;
     tx.commit().await?;
+    conn.release();
     Ok(next.map(|at| {
         let wait = at.duration_since(Timestamp::now());
         Duration::try_from(wait)

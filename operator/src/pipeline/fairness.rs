@@ -1,4 +1,5 @@
-//! At most one pipeline of a tenant is worked on at a time, so one
+//! At most one pipeline of a tenant (of a namespace, which has one tenant)
+//! is worked on at a time, so one
 //! tenant's slow pipelines — slow sources, slow triggers of its own, slow
 //! webhook receivers — hold at most one of the controller's workers, and
 //! every other tenant's refreshes go on. A pipeline whose tenant is busy
@@ -8,7 +9,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How soon a pipeline whose tenant was busy is looked at again.
+/// How soon a pipeline whose tenant was busy is looked at again (jittered,
+/// so that waiting pipelines do not come back together).
 pub const BUSY_RETRY: Duration = Duration::from_millis(200);
 
 /// The tenants a pipeline is being worked on for.

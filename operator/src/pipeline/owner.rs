@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use crate::api::PartnerTenant;
 use crate::api::conditions;
-use crate::backends::postgres::{Postgres, PostgresError};
+use crate::backends::postgres::{Postgres, PostgresError, TenantSession};
 use crate::tenant::ownership::{TENANT_NAME, TENANT_UID};
 use crate::tenant::status::DATABASE_READY;
 use crate::tenant_login::CredentialStore;
@@ -29,18 +29,18 @@ pub struct TenantDatabase {
 impl TenantDatabase {
     /// A session logged in as the tenant's own role: all work in its
     /// schema is done in one (see `Postgres::tenant_session`).
-    pub async fn session(
+    pub async fn session<'a>(
         &self,
         shared: &crate::context::Context,
-        postgres: &Postgres,
-    ) -> Result<tokio_postgres::Client, PostgresError> {
-        let password = self
-            .credentials
-            .postgres_password(shared)
-            .await
-            .map_err(PostgresError::TenantCredentials)?;
+        postgres: &'a Postgres,
+    ) -> Result<TenantSession<'a>, PostgresError> {
         postgres
-            .tenant_session(&self.backend, &self.role, &password)
+            .tenant_session(&self.backend, &self.role, || async {
+                self.credentials
+                    .postgres_password(shared)
+                    .await
+                    .map_err(PostgresError::TenantCredentials)
+            })
             .await
     }
 }

@@ -34,9 +34,9 @@ use crate::rollup::{self, PartOutcome};
 const SAMPLE_KEYS: usize = 4;
 /// A statement that takes longer is cancelled by Postgres.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
-/// A refresh that takes longer in all is cancelled by the operator: the
+/// A refresh that takes longer in all is ended by the operator: the
 /// tenant's own code may run in it and lift the statement timeout.
-const REFRESH_DEADLINE: Duration = STATEMENT_TIMEOUT;
+const REFRESH_DEADLINE: Duration = Duration::from_secs(3 * 300);
 /// Setting this annotation to a new value (a timestamp, say) refreshes the
 /// pipeline at once, like Flux's `reconcile.fluxcd.io/requestedAt`.
 pub const REFRESH_REQUESTED: &str = "partnerplane.io/refresh-requested-at";
@@ -58,6 +58,13 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
         write_status(&pipeline, &previous, status, ctx).await?;
         return Ok(Action::await_change());
     }
+    // A namespace has one tenant: its turn is taken before anything is read.
+    let Some(_turn) = ctx.turns.take(&pipeline.namespace().unwrap_or_default()) else {
+        return Ok(Action::requeue(crate::context::jittered(
+            fairness::BUSY_RETRY,
+            &mut rand::rng(),
+        )));
+    };
     record_intent(&pipeline, &previous, ctx).await?;
     let db = match owner_of(&pipeline, ctx, false).await? {
         Owner::Tenant(db) => db,
@@ -71,9 +78,6 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
     if let Err(invalid) = sql::check(&pipeline.spec) {
         return settle(&pipeline, ctx, Error::Sql(invalid)).await;
     }
-    let Some(_turn) = ctx.turns.take(&db.tenant) else {
-        return Ok(Action::requeue(fairness::BUSY_RETRY));
-    };
     let interval = schedule::parse_interval(&pipeline.spec.refresh_interval)
         .unwrap_or(Duration::from_secs(300));
     let refreshed_generation = conditions::find(&previous.conditions, REFRESHED)
@@ -196,8 +200,11 @@ pub(super) async fn as_tenant(
         .isolation_level(isolation)
         .start()
         .await?;
+    // The login's own settings, which the tenant may change, must not
+    // change how values are printed and read back.
     tx.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {}",
+        "SET LOCAL statement_timeout = {}; SET LOCAL DateStyle = 'ISO, MDY'; \
+         SET LOCAL IntervalStyle = 'postgres'; SET LOCAL TimeZone = 'UTC'",
         STATEMENT_TIMEOUT.as_millis()
     ))
     .await?;
@@ -210,11 +217,14 @@ async fn refresh(
     ctx: &PipelineContext,
 ) -> Result<Refreshed, Error> {
     let mut conn = db.session(&ctx.shared, &ctx.postgres).await?;
-    let cancel = conn.cancel_token();
     match tokio::time::timeout(REFRESH_DEADLINE, refresh_in(pipeline, db, &mut conn)).await {
-        Ok(done) => done,
+        Ok(Ok(done)) => {
+            conn.release();
+            Ok(done)
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => {
-            ctx.postgres.cancel(&db.backend, &cancel).await;
+            ctx.postgres.terminate(&db.backend, conn).await;
             Err(Error::TimedOut(REFRESH_DEADLINE))
         }
     }

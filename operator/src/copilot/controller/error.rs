@@ -46,13 +46,9 @@ impl Error {
             Self::Kubernetes(_) => "KubernetesError",
             Self::Postgres(PostgresError::UnknownBackend(_)) => "UnknownPostgresBackend",
             Self::Postgres(PostgresError::Unavailable { .. }) => "PostgresUnavailable",
-            Self::Postgres(PostgresError::TenantLogin { source, .. })
-                if source.code().is_none() =>
-            {
-                "PostgresUnavailable"
-            }
-            Self::Postgres(PostgresError::TenantLogin { .. }) => "TenantLoginRefused",
-            Self::Postgres(PostgresError::TenantCredentials(_)) => "TenantCredentialsUnavailable",
+            Self::Postgres(
+                e @ (PostgresError::TenantLogin { .. } | PostgresError::TenantCredentials(_)),
+            ) => e.login_reason().unwrap_or("PostgresError"),
             Self::Postgres(PostgresError::Statement { .. }) => "PostgresError",
             Self::Database(e) if unavailable(e) => "PostgresUnavailable",
             Self::Database(_) => "PostgresError",

@@ -216,8 +216,11 @@ pub(super) async fn as_tenant(
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()
         .await?;
+    // The login's own settings, which the tenant may change, must not
+    // change how values are printed and read back.
     tx.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {}",
+        "SET LOCAL statement_timeout = {}; SET LOCAL DateStyle = 'ISO, MDY'; \
+         SET LOCAL IntervalStyle = 'postgres'; SET LOCAL TimeZone = 'UTC'",
         STATEMENT_TIMEOUT.as_millis()
     ))
     .await?;
