@@ -375,7 +375,7 @@ async fn a_delete_tenant_with_a_pipeline_goes_with_its_tables() -> anyhow::Resul
     Ok(())
 }
 
-/// One tenant's slow pipelines hold at most one of the controller's
+/// One tenant's slow pipelines hold at most half of the controller's
 /// workers: another tenant's refresh is answered while they still run.
 #[tokio::test]
 async fn a_tenants_slow_pipelines_do_not_hold_up_another_tenants() -> anyhow::Result<()> {
@@ -460,8 +460,8 @@ async fn a_tenants_slow_pipelines_do_not_hold_up_another_tenants() -> anyhow::Re
         }
     }
     assert!(
-        a_answered <= 1,
-        "{a_answered} of A's slow refreshes ran before B's: A held more than one worker"
+        a_answered <= 2,
+        "{a_answered} of A's slow refreshes ran before B's: A held more than half the workers"
     );
     for table in &result_tables[..slow.len()] {
         a.batch_execute(&format!("DROP TRIGGER slow ON {table}"))

@@ -211,7 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         webhooks: WebhookClient::new(&config.webhooks, &client).await?,
         workflows: workflows.clone(),
         backoff: Backoff::default(),
-        turns: Default::default(),
+        turns: crate::pipeline::fairness::TenantTurns::new(args.pipeline_concurrency),
     });
     let pipelines = tokio::spawn(pipeline::run(
         pipeline_ctx,

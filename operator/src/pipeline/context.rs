@@ -16,6 +16,6 @@ pub struct PipelineContext {
     /// Breach deliveries to tenants' workflows go through it.
     pub workflows: Option<Arc<crate::workflows::Engine>>,
     pub backoff: Backoff,
-    /// One pipeline per tenant at a time.
+    /// At most half the workers per tenant at a time.
     pub turns: super::fairness::TenantTurns,
 }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 /// Idle sessions kept at most, across all tenants.
-pub const CAPACITY: usize = 16;
+pub const CAPACITY: usize = 32;
 /// An idle session older than this is closed rather than reused.
 pub const MAX_IDLE: Duration = Duration::from_secs(60);
 
