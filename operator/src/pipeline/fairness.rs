@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// How soon a pipeline whose tenant was at its limit is looked at again
 /// (jittered, so that waiting pipelines do not come back together).
-pub const BUSY_RETRY: Duration = Duration::from_millis(200);
+pub const BUSY_RETRY: Duration = Duration::from_millis(50);
 
 /// How many of each tenant's pipelines are being worked on.
 #[derive(Debug, Clone)]
