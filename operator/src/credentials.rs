@@ -66,6 +66,16 @@ pub fn choose(primary: StoreRead, secondary: Option<StoreRead>) -> (Credentials,
     }
 }
 
+/// A Secret's values that are text, by key.
+pub fn secret_text(secret: k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+        .collect()
+}
+
 impl Credentials {
     /// 32 random alphanumeric characters per password.
     pub fn generate() -> Self {

@@ -55,13 +55,7 @@ impl CredentialStore {
         let namespace = &self.names.namespace;
         match secret_access::get(ctx, namespace, naming::CREDENTIALS_SECRET).await {
             Ok(Some(secret)) if children::tenant_of(&secret).as_deref() == Some(&self.tenant) => {
-                let map: BTreeMap<String, String> = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
-                    .collect();
-                match from_map(&map) {
+                match from_map(&crate::credentials::secret_text(secret)) {
                     Some(password) => return Ok(password),
                     None => why.push(format!(
                         "Secret {namespace}/{} holds no usable password",

@@ -638,13 +638,7 @@ async fn credentials_from_secret(
     let Some(secret) = secret.filter(|s| children::tenant_of(s).as_deref() == Some(tenant)) else {
         return (StoreRead::Missing, false);
     };
-    let map: BTreeMap<String, String> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
-        .collect();
-    match Credentials::from_map(&map) {
+    match Credentials::from_map(&credentials::secret_text(secret)) {
         Some(c) => (StoreRead::Found(c), true),
         None => (StoreRead::Missing, true),
     }
