@@ -230,6 +230,26 @@ async fn example_pipelines_report_the_values_computed_from_the_rows() -> anyhow:
     Ok(())
 }
 
+/// A Ready tenant of `operator`'s named after `short`, and its namespace.
+async fn ready_tenant(
+    client: &kube::Client,
+    operator: &Operator,
+    short: &str,
+) -> anyhow::Result<(String, String)> {
+    let tenant = unique_name(short);
+    apply(
+        client,
+        &[operator.tenant(
+            &tenant,
+            json!({"displayName": short, "secrets": {"store": "Both"}}),
+        )],
+    )
+    .await?;
+    wait_condition(client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    let namespace = format!("ptn-{tenant}");
+    Ok((tenant, namespace))
+}
+
 /// The result table keeps every refresh's rows for a day, then only the
 /// last refresh of each hour, for 30 days: a history that does not grow
 /// with every refresh, and still shows each hour.
@@ -239,17 +259,7 @@ async fn the_result_table_keeps_each_refresh_for_a_day_then_each_hours_last() ->
     let testbed = Testbed::load()?;
     let client = testbed.kube_admin().await?;
     let operator = Operator::start(&testbed, &unique_name("mpl-keep"), &[]).await?;
-    let tenant = unique_name("keep");
-    let namespace = format!("ptn-{tenant}");
-    apply(
-        &client,
-        &[operator.tenant(
-            &tenant,
-            json!({"displayName": "keep", "secrets": {"store": "Both"}}),
-        )],
-    )
-    .await?;
-    wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    let (tenant, namespace) = ready_tenant(&client, &operator, "keep").await?;
     apply(
         &client,
         &[pipelines::minimal("p", &namespace, &operator.shard)],
@@ -350,17 +360,7 @@ async fn awkward_rows_are_counted_as_sql_counts_them_or_not_at_all() -> anyhow::
     let testbed = Testbed::load()?;
     let client = testbed.kube_admin().await?;
     let operator = Operator::start(&testbed, &unique_name("mpl-edge"), &[]).await?;
-    let tenant = unique_name("edge");
-    let namespace = format!("ptn-{tenant}");
-    apply(
-        &client,
-        &[operator.tenant(
-            &tenant,
-            json!({"displayName": "edge", "secrets": {"store": "Both"}}),
-        )],
-    )
-    .await?;
-    wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    let (tenant, namespace) = ready_tenant(&client, &operator, "edge").await?;
     let columns = |partner: &str| {
         json!([{"name": "p", "type": partner}, {"name": "t", "type": "Timestamp"},
                {"name": "x", "type": "Numeric"}])

@@ -960,31 +960,26 @@ mod tests {
 
     #[test]
     fn literals_at_the_ends_of_their_types_are_constants_postgres_takes() {
-        let column = |type_: &str| -> Column {
-            serde_json::from_value(serde_json::json!({"name": "c", "type": type_})).unwrap()
+        let typed = |literal: serde_json::Value, type_: &str| {
+            let column: Column =
+                serde_json::from_value(serde_json::json!({"name": "c", "type": type_})).unwrap();
+            typed_literal(&serde_json::from_value(literal).unwrap(), &column, "UTC")
         };
-        let literal = |v: serde_json::Value| -> Literal { serde_json::from_value(v).unwrap() };
         assert_eq!(
-            typed_literal(
-                &literal(serde_json::json!({"integer": i64::MIN})),
-                &column("Integer"),
-                "UTC"
-            ),
+            typed(serde_json::json!({"integer": i64::MIN}), "Integer"),
             Ok("'-9223372036854775808'::bigint".to_string())
         );
         assert_eq!(
-            typed_literal(
-                &literal(serde_json::json!({"timestamp": "0001-01-01T00:00:00Z"})),
-                &column("Timestamp"),
-                "UTC"
+            typed(
+                serde_json::json!({"timestamp": "0001-01-01T00:00:00Z"}),
+                "Timestamp"
             ),
             Ok("'0001-01-01T00:00:00Z'::timestamptz".to_string())
         );
         assert!(
-            typed_literal(
-                &literal(serde_json::json!({"timestamp": "0000-12-31T23:59:59Z"})),
-                &column("Timestamp"),
-                "UTC"
+            typed(
+                serde_json::json!({"timestamp": "0000-12-31T23:59:59Z"}),
+                "Timestamp"
             )
             .unwrap_err()
             .contains("before the year 1")
