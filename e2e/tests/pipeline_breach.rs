@@ -2,9 +2,12 @@
 //! signed webhook per breach to a real HTTPS receiver (which verifies the
 //! signature itself) and one Event; a receiver that fails twice gets the
 //! same delivery id each time; a persisting breach sends nothing more;
-//! recovery clears the condition and is delivered once.
+//! recovery clears the condition and is delivered once; a receiver that
+//! never answers holds up no refresh.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -231,6 +234,123 @@ async fn a_breach_delivers_one_signed_webhook_retried_under_one_id_and_recovery_
         Duration::from_secs(30),
     )
     .await?;
+    delete_tenants(&client, &[tenant]).await?;
+    Ok(())
+}
+
+/// A listener on 127.0.0.1 that accepts connections and never answers
+/// (not even the TLS handshake); counts those accepted and those the
+/// client has given up on (closed).
+struct Unanswering {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Unanswering {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://127.0.0.1:{}/hook", listener.local_addr()?.port());
+        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (accepted.clone(), closed.clone());
+        let server = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    // Reads what the client sends until it hangs up.
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut tcp, &mut sink).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(Self {
+            url,
+            accepted,
+            closed,
+            server,
+        })
+    }
+}
+
+impl Drop for Unanswering {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_holds_up_no_refresh() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-hung"), &[]).await?;
+    let tenant = unique_name("hung");
+    let ns = format!("ptn-{tenant}");
+    apply(
+        &client,
+        &[operator.tenant(&tenant, json!({"displayName": "Hung", "tier": "Standard"}))],
+    )
+    .await?;
+    wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
+    let receiver = Unanswering::start().await?;
+    let name = unique_name("fix-rate");
+    apply(&client, &[
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook", "namespace": ns},
+               "stringData": {"secret": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="}}),
+        json!({
+            "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
+            "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
+            "spec": {
+                "refreshInterval": "1h",
+                "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
+                    "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
+                                {"name": "fixed", "type": "Boolean"}]}],
+                "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
+                    "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
+                    "objective": {"comparison": "AtLeast", "target": 0.9}}],
+                "onBreach": [{"kind": "Webhook", "url": receiver.url, "signingSecret": {"secret": {"name": "hook", "key": "secret"}}}]
+            }
+        }),
+    ]).await?;
+    wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
+        is(p, "Ready", "True")
+    })
+    .await?;
+    let (session, _) = tenant_session(&testbed, &client, &ns).await?;
+
+    // Into breach: its deliveries go to a receiver that never answers, and
+    // each attempt waits for the operator's webhook timeout (15 s).
+    session.batch_execute("INSERT INTO visits SELECT 'P' || (i % 3), now() - i * interval '1 hour', false FROM generate_series(1, 12) i").await?;
+    let p = refresh_now(&client, &ns, &name).await?;
+    assert_eq!(condition(&p, "ObjectivesMet").unwrap().status, "False");
+    wait_until(
+        "a delivery to reach the receiver",
+        Duration::from_secs(60),
+        || async { Ok((receiver.accepted.load(Ordering::SeqCst) > 0).then_some(())) },
+    )
+    .await?;
+
+    // The pipeline refreshes again while that delivery still hangs: it was
+    // not waiting behind its own deliveries.
+    session
+        .batch_execute("INSERT INTO visits VALUES ('P1', now() - interval '5 minutes', true)")
+        .await?;
+    let p = refresh_now(&client, &ns, &name).await?;
+    let given_up = receiver.closed.load(Ordering::SeqCst);
+    assert_eq!(
+        given_up, 0,
+        "the refresh was answered only after {given_up} delivery attempt(s) timed out"
+    );
+    assert!(
+        condition(&p, "Refreshed")
+            .unwrap()
+            .message
+            .contains("from 1 changed row"),
+        "{:?}",
+        condition(&p, "Refreshed")
+    );
     delete_tenants(&client, &[tenant]).await?;
     Ok(())
 }

@@ -205,6 +205,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("leading: reconciling");
     }
     metrics.leader.set(1);
+    let (deliveries, delivery_wakes) = crate::pipeline::dispatch::DeliveryWake::new();
     let pipeline_ctx = Arc::new(PipelineContext {
         shared: ctx.clone(),
         postgres: pipeline_postgres,
@@ -212,9 +213,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         workflows: workflows.clone(),
         backoff: Backoff::default(),
         turns: crate::pipeline::fairness::TenantTurns::new(args.pipeline_concurrency),
+        delivery_turns: crate::pipeline::fairness::TenantTurns::new(args.pipeline_concurrency),
+        deliveries,
     });
     let pipelines = tokio::spawn(pipeline::run(
         pipeline_ctx,
+        delivery_wakes,
         args.tenant_selector.clone(),
         args.pipeline_concurrency,
         stopped(stop_rx.clone()),

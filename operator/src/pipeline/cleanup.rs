@@ -76,6 +76,7 @@ pub async fn cleanup(
 }
 
 fn forget(pipeline: &MetricPipeline, tenant: Option<&str>, ctx: &PipelineContext) {
+    ctx.deliveries.forget(pipeline);
     let Some(tenant) = tenant else { return };
     let labels = PipelineLabels {
         tenant: tenant.to_string(),

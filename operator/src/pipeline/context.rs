@@ -18,4 +18,7 @@ pub struct PipelineContext {
     pub backoff: Backoff,
     /// At most half the workers per tenant at a time.
     pub turns: super::fairness::TenantTurns,
+    /// The same for the delivery workers (`dispatch`).
+    pub delivery_turns: super::fairness::TenantTurns,
+    pub deliveries: super::dispatch::DeliveryWake,
 }

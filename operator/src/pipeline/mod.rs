@@ -6,6 +6,7 @@ pub mod breach;
 pub mod cleanup;
 pub mod context;
 pub mod delivery;
+pub mod dispatch;
 pub mod error;
 pub mod explain;
 pub mod fairness;
@@ -129,9 +130,11 @@ fn worth_reconciling(pipeline: &MetricPipeline) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller, and its delivery workers (`dispatch`, as many
+/// again), until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<PipelineContext>,
+    wakes: dispatch::Wakes,
     selector: Option<String>,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -152,8 +155,17 @@ pub async fn run(
     // A tenant's change (its database becoming ready, its deletion) wakes
     // the pipelines in its namespace.
     let in_namespace = reader.clone();
+    // One task for both, so that stopping it (a lost Lease) stops both.
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let deliveries = dispatch::run(
+        ctx.clone(),
+        reader.clone(),
+        wakes,
+        concurrency,
+        shutdown.clone(),
+    );
     let tenants: Api<PartnerTenant> = Api::all(ctx.shared.client.clone());
-    Controller::for_stream(stream, reader)
+    let refreshes = Controller::for_stream(stream, reader)
         .trigger_backoff(crate::watch_backoff::Immediate)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         // Tenants of the shard only: a shard's pipelines and copilots live
@@ -180,6 +192,6 @@ pub async fn run(
                     ctx.backoff.reset(&key);
                 }
             }
-        })
-        .await;
+        });
+    futures::join!(refreshes, deliveries);
 }

@@ -2,7 +2,8 @@
 //! when a refresh is due, make the source tables match the spec and bring
 //! every metric up to date in one transaction run as the tenant's role;
 //! record breach transitions in that same transaction; publish the results
-//! to status, Events and Prometheus; deliver pending webhooks.
+//! to status, Events and Prometheus; wake the pipeline's deliveries
+//! (`dispatch`) when there are new ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -101,6 +102,8 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
             let started = Instant::now();
             match refresh(&pipeline, &db, ctx).await {
                 Ok(done) => {
+                    ctx.deliveries
+                        .after_refresh(&pipeline, !done.transitions.is_empty());
                     let at = schedule::recorded(Timestamp::now());
                     publish_refresh(&pipeline, &db, &previous, done, at, started.elapsed(), ctx)
                         .await?;
@@ -114,12 +117,7 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
             }
         }
     };
-    let next_delivery = delivery::deliver_due(&pipeline, &db, ctx).await;
-    Ok(Action::requeue(schedule::requeue_after(
-        next_refresh,
-        next_delivery,
-        |d| crate::context::jittered(d, &mut rand::rng()),
-    )))
+    Ok(Action::requeue(next_refresh))
 }
 
 /// Writes `Reconciling=True` for a generation not yet observed, before any

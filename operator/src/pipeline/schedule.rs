@@ -59,20 +59,6 @@ pub fn recorded(now: Timestamp) -> Timestamp {
     Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
-/// How long to wait before the next reconcile: until the refresh is due,
-/// or sooner when a webhook delivery is. Only a delivery's wait is
-/// jittered (`jitter`), and never past the refresh.
-pub fn requeue_after(
-    refresh_in: Duration,
-    delivery_in: Option<Duration>,
-    jitter: impl FnOnce(Duration) -> Duration,
-) -> Duration {
-    match delivery_in {
-        Some(d) if d < refresh_in => jitter(d).min(refresh_in),
-        _ => refresh_in,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,26 +101,6 @@ mod tests {
         let exact = Timestamp::from_millisecond(1_800_000_000_999).unwrap();
         assert_eq!(recorded(exact), at(0));
         assert_eq!(recorded(at(5)), at(5));
-    }
-
-    #[test]
-    fn the_next_refresh_is_never_pushed_late_by_jitter() {
-        let thirty = Duration::from_secs(30);
-        let late = |d: Duration| d * 2;
-        assert_eq!(requeue_after(thirty, None, late), thirty);
-        assert_eq!(
-            requeue_after(thirty, Some(Duration::from_secs(40)), late),
-            thirty
-        );
-        assert_eq!(
-            requeue_after(thirty, Some(Duration::from_secs(20)), late),
-            thirty,
-            "a jittered delivery wait stops at the refresh"
-        );
-        assert_eq!(
-            requeue_after(thirty, Some(Duration::from_secs(5)), late),
-            Duration::from_secs(10)
-        );
     }
 
     #[test]
