@@ -1,6 +1,7 @@
 //! What a MetricPipeline may not do: lose a source's data without being
 //! told to, run outside a tenant's namespace, reference columns that do not
-//! exist, or reach another tenant's tables.
+//! exist, reach another tenant's tables, or be left counting wrong by a
+//! disabled change capture.
 
 use std::time::Duration;
 
@@ -468,5 +469,88 @@ async fn a_tenants_slow_pipelines_do_not_hold_up_another_tenants() -> anyhow::Re
             .await?;
     }
     delete_tenants(&client, &[tenant_a, tenant_b]).await?;
+    Ok(())
+}
+
+/// A tenant (or its bulk loader) that disables the change capture trigger
+/// of a source does not leave the metrics silently wrong: the next refresh
+/// enables it again, rebuilds from the rows as they are, and says so.
+#[tokio::test]
+async fn a_disabled_change_capture_is_enabled_again_and_the_metrics_rebuilt() -> anyhow::Result<()>
+{
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("mpl-capture"), &[]).await?;
+    let (tenant, ns) = ready_tenant(&client, &operator, "capture").await?;
+    apply(
+        &client,
+        &[pipeline(
+            "p",
+            &ns,
+            &operator.shard,
+            orders(json!([])),
+            revenue(),
+        )],
+    )
+    .await?;
+    wait_pipeline(&client, &ns, "p", "Ready", Duration::from_secs(90), |p| {
+        is(p, "Ready", "True")
+    })
+    .await?;
+    let (session, _) = tenant_session(&testbed, &client, &ns).await?;
+    session
+        .batch_execute(
+            "INSERT INTO orders (partner_id, opened_at, amount) \
+             SELECT 'P' || (i % 4), now() - i * interval '1 hour', i FROM generate_series(1, 20) i",
+        )
+        .await?;
+    let revenue_of = |p: &MetricPipeline| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.metrics.first())
+            .and_then(|m| m.value)
+    };
+    let p = refresh_now(&client, &ns, "p").await?;
+    assert_eq!(revenue_of(&p), Some(210.0), "1 + 2 + … + 20");
+
+    // Deletes and updates while the capture is off are logged nowhere.
+    session
+        .batch_execute(
+            "ALTER TABLE orders DISABLE TRIGGER USER; \
+             DELETE FROM orders WHERE amount > 15; \
+             UPDATE orders SET amount = amount * 10 WHERE amount <= 2",
+        )
+        .await?;
+    let p = refresh_now(&client, &ns, "p").await?;
+    // 3 + … + 15, and 10 + 20 for the two updated rows.
+    assert_eq!(revenue_of(&p), Some(147.0));
+    let disabled: i64 = session
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass \
+             AND NOT tgisinternal AND tgenabled NOT IN ('O', 'A')",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(disabled, 0, "the capture fires again");
+    let event = partnerplane_e2e::events::wait_event(
+        &client,
+        "p",
+        "ChangeCaptureRepaired",
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(
+        event.contains("orders") && event.contains("disabled"),
+        "{event}"
+    );
+
+    // And what happens next is captured again.
+    session
+        .batch_execute("DELETE FROM orders WHERE amount = 20")
+        .await?;
+    let p = refresh_now(&client, &ns, "p").await?;
+    assert_eq!(revenue_of(&p), Some(127.0));
+    delete_tenants(&client, &[tenant]).await?;
     Ok(())
 }

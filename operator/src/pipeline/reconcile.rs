@@ -169,6 +169,8 @@ struct Refreshed {
     source_tables: Vec<String>,
     transitions: Vec<Transition>,
     forecasts: BTreeMap<String, MetricForecast>,
+    /// Schema repairs made before the refresh (`Plan::repairs`).
+    repairs: Vec<String>,
 }
 
 pub(super) fn target_of(db: &TenantDatabase) -> Target {
@@ -255,6 +257,7 @@ async fn refresh_in(
     Ok(Refreshed {
         report,
         source_tables: ensured.source_tables,
+        repairs: ensured.repairs,
         transitions,
         forecasts,
     })
@@ -423,6 +426,17 @@ async fn publish_refresh(
     };
     for transition in &done.transitions {
         publish_transition(pipeline, transition, ctx).await;
+    }
+    for repair in &done.repairs {
+        publish(
+            pipeline,
+            ctx,
+            EventType::Warning,
+            "ChangeCaptureRepaired",
+            "Refresh",
+            repair.clone(),
+        )
+        .await;
     }
     if done.report.mismatched_buckets > 0 {
         publish(

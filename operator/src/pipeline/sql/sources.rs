@@ -31,6 +31,8 @@ use crate::naming::quote_ident;
 pub struct Ensured {
     /// Schema-qualified source tables.
     pub source_tables: Vec<String>,
+    /// [`Plan::repairs`].
+    pub repairs: Vec<String>,
 }
 
 /// A table of the tenant schema as the catalog shows it.
@@ -47,6 +49,9 @@ pub struct Catalog {
     pub tables: BTreeMap<String, Observed>,
     pub indexes: BTreeSet<String>,
     pub triggers: BTreeSet<String>,
+    /// Triggers that exist but do not fire in an ordinary session
+    /// (`ALTER TABLE … DISABLE TRIGGER`, or enabled for replicas only).
+    pub disabled_triggers: BTreeSet<String>,
     pub functions: BTreeSet<String>,
 }
 
@@ -56,6 +61,8 @@ pub struct Catalog {
 pub struct Plan {
     pub statements: Vec<String>,
     pub rebuild: bool,
+    /// What was found broken and is put right, for the tenant to hear of.
+    pub repairs: Vec<String>,
 }
 
 /// The capture function of `source`: its name and its body. An update
@@ -279,6 +286,20 @@ fn capture_statements(
         ));
     }
     let [row, truncate] = trigger_names(&function);
+    for trigger in [&row, &truncate] {
+        if catalog.disabled_triggers.contains(trigger) {
+            // Changes made meanwhile were not logged: the partial
+            // aggregates cannot be trusted until rebuilt.
+            out.statements.push(format!(
+                "ALTER TABLE {qualified} ENABLE TRIGGER {}",
+                quote_ident(trigger)
+            ));
+            out.repairs.push(format!(
+                "the change capture trigger {trigger} of source {table} was disabled: enabled again, and every metric rebuilt"
+            ));
+            out.rebuild = true;
+        }
+    }
     if !catalog.triggers.contains(&row) {
         out.statements.push(format!(
             "CREATE TRIGGER {} BEFORE UPDATE OR DELETE ON {qualified} FOR EACH ROW EXECUTE FUNCTION {s}.{}()",
@@ -448,7 +469,7 @@ fn catalog_query(extra: &str) -> String {
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
          UNION ALL SELECT 'i', c.relname::text, NULL, NULL, NULL FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'i' \
-         UNION ALL SELECT 't', t.tgname::text, NULL, NULL, NULL FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         UNION ALL SELECT 't', t.tgname::text, NULL, t.tgenabled::text, NULL FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND NOT t.tgisinternal \
          UNION ALL SELECT 'f', p.proname::text, NULL, NULL, NULL FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
          WHERE n.nspname = $1{extra}"
@@ -474,6 +495,11 @@ fn catalog_of(rows: &[tokio_postgres::Row]) -> Catalog {
                 catalog.indexes.insert(name);
             }
             "t" => {
+                // 'O' fires in ordinary sessions, 'A' always; 'R' only on
+                // replicas, 'D' never.
+                if !matches!(row.get::<_, Option<&str>>(3), Some("O" | "A")) {
+                    catalog.disabled_triggers.insert(name.clone());
+                }
                 catalog.triggers.insert(name);
             }
             "f" => {
@@ -540,6 +566,7 @@ pub async fn ensure(
         .await?;
     }
     Ok(Ensured {
+        repairs: plan.repairs,
         source_tables: spec
             .sources
             .iter()
@@ -693,6 +720,28 @@ metrics:
         assert!(text.contains("BEFORE UPDATE OR DELETE ON \"t\".\"orders\""));
         assert!(text.contains("(\"partner_id\", \"opened_at\")"));
         assert!(!plan.rebuild);
+    }
+
+    #[test]
+    fn a_disabled_capture_trigger_is_enabled_again_and_every_metric_rebuilt() {
+        let s = spec("", false);
+        let mut catalog = applied(&s);
+        let (function, _) = capture_of("t", &DerivedNames::new(&key()), &s.sources[0]);
+        let [row, truncate] = trigger_names(&function);
+        catalog.disabled_triggers.insert(row.clone());
+        let planned = plan("t", &key(), &s, &catalog).unwrap();
+        assert_eq!(
+            planned.statements,
+            [format!(
+                "ALTER TABLE \"t\".\"orders\" ENABLE TRIGGER {}",
+                quote_ident(&row)
+            )]
+        );
+        assert!(planned.rebuild);
+        assert_eq!(planned.repairs.len(), 1);
+        assert!(planned.repairs[0].contains(&row) && planned.repairs[0].contains("orders"));
+        catalog.disabled_triggers.insert(truncate);
+        assert_eq!(plan("t", &key(), &s, &catalog).unwrap().repairs.len(), 2);
     }
 
     #[test]
