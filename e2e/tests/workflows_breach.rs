@@ -4,6 +4,7 @@
 //! the tenant's own Postgres role and Redis keys — and no other tenant's
 //! workflow runs. The exception-routing workflow the same breach starts
 //! waits for its approval callback and records the decision only after it.
+//! A breach for a template the tenant has not enabled waits for it.
 
 use std::time::Duration;
 
@@ -305,5 +306,97 @@ async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_cal
     );
 
     delete_tenants(&client, &[a, b]).await?;
+    Ok(())
+}
+
+/// A breach for a workflow the tenant has not enabled waits without asking
+/// n8n (which would answer 404 for every breach) and is delivered once the
+/// tenant enables the template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_for_a_workflow_not_enabled_waits_for_the_template() -> anyhow::Result<()> {
+    let testbed = Testbed::load()?;
+    let client = testbed.kube_admin().await?;
+    let operator = Operator::start(&testbed, &unique_name("wf-later"), &[]).await?;
+    let tenant = unique_name("wf-later");
+    let spec = json!({"displayName": "Later", "secrets": {"store": "Both"}});
+    apply(&client, &[operator.tenant(&tenant, spec.clone())]).await?;
+    let t = wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(120)).await?;
+    let schema = t.status.unwrap().postgres.unwrap().schema;
+    let ns = format!("ptn-{tenant}");
+    let name = unique_name("fix-rate");
+    apply(&client, &[json!({
+        "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
+        "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
+        "spec": {
+            "refreshInterval": "1h",
+            "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
+                "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
+                            {"name": "fixed", "type": "Boolean"}]}],
+            "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
+                "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
+                "objective": {"comparison": "AtLeast", "target": 0.9}}],
+            "onBreach": [{"kind": "Workflow", "workflow": "SlaBreachEscalation"}]
+        }
+    })]).await?;
+    wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
+        is(p, "Ready", "True")
+    })
+    .await?;
+    let (session, _) = tenant_session(&testbed, &client, &ns).await?;
+    session
+        .batch_execute("INSERT INTO visits SELECT 'P2', now() - i * interval '1 hour', false FROM generate_series(1, 10) i")
+        .await?;
+    let p = refresh_now(&client, &ns, &name).await?;
+    assert_eq!(condition(&p, "ObjectivesMet").unwrap().status, "False");
+
+    let admin = pg_admin(&testbed).await?;
+    let outbox: String = admin
+        .query_one(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname LIKE '\\_pp\\_%\\_outbox'",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    let errors = wait_until("both deliveries to fail once", Duration::from_secs(60), || async {
+        let errors: Vec<String> = admin
+            .query(
+                &format!("SELECT last_error FROM {outbox} WHERE attempts > 0 AND delivered_at IS NULL"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((errors.len() == 2).then_some(errors))
+    })
+    .await?;
+    for error in &errors {
+        assert!(
+            error.contains("SlaBreachEscalation workflow is not enabled (spec.workflows.templates"),
+            "{error}"
+        );
+    }
+
+    // Enabled: the next retry delivers both.
+    let mut enabled = spec;
+    enabled["workflows"] = json!({"templates": ["SlaBreachEscalation"]});
+    apply(&client, &[operator.tenant(&tenant, enabled)]).await?;
+    wait_until(
+        "both deliveries to be delivered",
+        Duration::from_secs(120),
+        || async {
+            let row = admin
+                .query_one(
+                    &format!("SELECT count(*), count(delivered_at) FROM {outbox}"),
+                    &[],
+                )
+                .await?;
+            let (all, delivered): (i64, i64) = (row.get(0), row.get(1));
+            Ok((all == 2 && delivered == 2).then_some(()))
+        },
+    )
+    .await?;
+    delete_tenants(&client, &[tenant]).await?;
     Ok(())
 }

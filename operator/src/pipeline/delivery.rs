@@ -101,6 +101,24 @@ async fn deliver(
                     .spec
                     .on_breach
                     .iter()
+                    .any(|a| a.workflow == Some(template))
+                    && !db.workflows.contains(&template) =>
+            {
+                // Known without asking n8n, which would answer 404 for
+                // every breach until the tenant enables the template.
+                Err(webhook::DeliveryFailure {
+                    retryable: true,
+                    message: format!(
+                        "the tenant's {template:?} workflow is not enabled (spec.workflows.templates of PartnerTenant {})",
+                        db.tenant
+                    ),
+                })
+            }
+            (Some(template), _)
+                if pipeline
+                    .spec
+                    .on_breach
+                    .iter()
                     .any(|a| a.workflow == Some(template)) =>
             {
                 workflows::delivery::deliver(

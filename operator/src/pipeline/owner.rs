@@ -24,6 +24,8 @@ pub struct TenantDatabase {
     pub vault_path: Option<String>,
     /// Where the password of the tenant's login is kept.
     pub credentials: CredentialStore,
+    /// The workflow templates the tenant enables.
+    pub workflows: Vec<crate::api::tenant::WorkflowTemplate>,
 }
 
 impl TenantDatabase {
@@ -111,6 +113,7 @@ pub fn resolve(
         role: postgres.role,
         vault_path: status.vault.map(|v| v.path),
         credentials: CredentialStore::of(tenant),
+        workflows: tenant.spec.workflows.templates.clone(),
     })
 }
 
