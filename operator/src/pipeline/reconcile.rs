@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::civil::Date;
@@ -41,6 +42,8 @@ const REFRESH_DEADLINE: Duration = Duration::from_secs(3 * 300);
 /// Setting this annotation to a new value (a timestamp, say) refreshes the
 /// pipeline at once, like Flux's `reconcile.fluxcd.io/requestedAt`.
 pub const REFRESH_REQUESTED: &str = "partnerplane.io/refresh-requested-at";
+/// Transition Events of one refresh sent at the same time.
+const EVENTS_AT_ONCE: usize = 8;
 /// How soon a pipeline waiting on its tenant looks again (the tenant's own
 /// changes also wake it).
 const TENANT_WAIT: Duration = Duration::from_secs(15);
@@ -424,9 +427,11 @@ async fn publish_refresh(
         )),
         last_handled_refresh_request: pipeline.annotations().get(REFRESH_REQUESTED).cloned(),
     };
-    for transition in &done.transitions {
-        publish_transition(pipeline, transition, ctx).await;
-    }
+    // Several at once: a first refresh over a bad history can open a
+    // breach for every metric and each of its worst partners.
+    futures::stream::iter(&done.transitions)
+        .for_each_concurrent(EVENTS_AT_ONCE, |t| publish_transition(pipeline, t, ctx))
+        .await;
     for repair in &done.repairs {
         publish(
             pipeline,
