@@ -545,12 +545,16 @@ async fn a_disabled_change_capture_is_enabled_again_and_the_metrics_rebuilt() ->
         "{event}"
     );
 
-    // And what happens next is captured again.
+    // And what happens next is captured again: the refresh after the one
+    // rebuild is incremental, from the one logged delete.
+    refresh_now(&client, &ns, "p").await?;
     session
         .batch_execute("DELETE FROM orders WHERE amount = 20")
         .await?;
     let p = refresh_now(&client, &ns, "p").await?;
     assert_eq!(revenue_of(&p), Some(127.0));
+    let refreshed = &condition(&p, "Refreshed").unwrap().message;
+    assert!(refreshed.contains("from 1 changed row"), "{refreshed}");
     delete_tenants(&client, &[tenant]).await?;
     Ok(())
 }

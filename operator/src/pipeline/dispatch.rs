@@ -2,7 +2,7 @@
 //! receiver that is slow, down or not yet provisioned (a tenant workflow
 //! not enabled answers 404 for every breach) then never delays another
 //! pipeline's refresh. A refresh that records a transition, or the first
-//! refresh of a pipeline's generation in this process (deliveries left
+//! reconcile of a pipeline's generation in this process (deliveries left
 //! pending by an earlier process, or while it was suspended), wakes the
 //! pipeline here; a pass sends what is due and sleeps until the next retry
 //! is.
@@ -44,9 +44,10 @@ impl DeliveryWake {
         (wake, Wakes(receiver))
     }
 
-    /// Wakes `pipeline`'s deliveries after a refresh: when `new_deliveries`,
-    /// or when its generation was not woken in this process yet.
-    pub fn after_refresh(&self, pipeline: &MetricPipeline, new_deliveries: bool) {
+    /// Wakes `pipeline`'s deliveries the first time this process sees its
+    /// generation: deliveries left pending by an earlier process (a
+    /// restart, a new leader) or while the pipeline was suspended.
+    pub fn seen(&self, pipeline: &MetricPipeline) {
         let generation = pipeline.metadata.generation;
         let first = self
             .woken
@@ -54,10 +55,15 @@ impl DeliveryWake {
             .unwrap_or_else(|e| e.into_inner())
             .insert(pipeline.uid().unwrap_or_default(), generation)
             != Some(generation);
-        if new_deliveries || first {
-            // Only fails once the controller stopped, at shutdown.
-            let _ = self.sender.unbounded_send(ObjectRef::from_obj(pipeline));
+        if first {
+            self.wake(pipeline);
         }
+    }
+
+    /// Wakes `pipeline`'s deliveries: a refresh recorded new ones.
+    pub fn wake(&self, pipeline: &MetricPipeline) {
+        // Only fails once the controller stopped, at shutdown.
+        let _ = self.sender.unbounded_send(ObjectRef::from_obj(pipeline));
     }
 
     /// Forgets a deleted pipeline.
@@ -91,9 +97,11 @@ async fn deliver(
             &mut rand::rng(),
         )));
     };
-    let Owner::Tenant(db) = reconcile::owner_of(&pipeline, &ctx, false).await? else {
-        // The refresh reports why; its next success wakes this again.
-        return Ok(Action::await_change());
+    let db = match reconcile::owner_of(&pipeline, &ctx, false).await? {
+        Owner::Tenant(db) => db,
+        // The refresh reports why; pending deliveries wait for the tenant.
+        Owner::TenantNotReady(_) => return Ok(Action::requeue(reconcile::TENANT_WAIT)),
+        Owner::NotATenantNamespace(_) => return Ok(Action::await_change()),
     };
     Ok(match delivery::deliver_due(&pipeline, &db, &ctx).await {
         Some(wait) => Action::requeue(crate::context::jittered(wait, &mut rand::rng())),
@@ -101,8 +109,9 @@ async fn deliver(
     })
 }
 
-fn retry(_: Arc<MetricPipeline>, error: &Error, _: Arc<PipelineContext>) -> Action {
+fn retry(pipeline: Arc<MetricPipeline>, error: &Error, _: Arc<PipelineContext>) -> Action {
     tracing::warn!(
+        pipeline = %format!("{}/{}", pipeline.namespace().unwrap_or_default(), pipeline.name_any()),
         reason = error.reason(),
         "webhook deliveries: {}",
         error.message()
@@ -147,20 +156,20 @@ mod tests {
     }
 
     #[test]
-    fn a_pipeline_is_woken_on_its_generations_first_refresh_and_for_new_deliveries() {
+    fn a_pipeline_is_woken_once_per_generation_seen_and_for_new_deliveries() {
         let (wake, mut wakes) = DeliveryWake::new();
-        wake.after_refresh(&pipeline("a", 1), false);
-        assert!(woken(&mut wakes), "first refresh in this process");
-        wake.after_refresh(&pipeline("a", 1), false);
+        wake.seen(&pipeline("a", 1));
+        assert!(woken(&mut wakes), "first seen in this process");
+        wake.seen(&pipeline("a", 1));
         assert!(!woken(&mut wakes), "nothing new");
-        wake.after_refresh(&pipeline("a", 1), true);
+        wake.wake(&pipeline("a", 1));
         assert!(woken(&mut wakes), "a transition recorded");
-        wake.after_refresh(&pipeline("a", 2), false);
+        wake.seen(&pipeline("a", 2));
         assert!(woken(&mut wakes), "a new generation (resumed, say)");
-        wake.after_refresh(&pipeline("b", 2), false);
+        wake.seen(&pipeline("b", 2));
         assert!(woken(&mut wakes), "another pipeline's first");
         wake.forget(&pipeline("b", 2));
-        wake.after_refresh(&pipeline("b", 2), false);
+        wake.seen(&pipeline("b", 2));
         assert!(woken(&mut wakes), "forgotten once deleted");
     }
 }

@@ -46,7 +46,7 @@ pub const REFRESH_REQUESTED: &str = "partnerplane.io/refresh-requested-at";
 const EVENTS_AT_ONCE: usize = 8;
 /// How soon a pipeline waiting on its tenant looks again (the tenant's own
 /// changes also wake it).
-const TENANT_WAIT: Duration = Duration::from_secs(15);
+pub(super) const TENANT_WAIT: Duration = Duration::from_secs(15);
 
 /// Converges the pipeline toward its spec and refreshes it when due.
 pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Result<Action, Error> {
@@ -62,6 +62,7 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
         write_status(&pipeline, &previous, status, ctx).await?;
         return Ok(Action::await_change());
     }
+    ctx.deliveries.seen(&pipeline);
     // A namespace has one tenant: its turn is taken before anything is read.
     let Some(_turn) = ctx.turns.take(&pipeline.namespace().unwrap_or_default()) else {
         return Ok(Action::requeue(crate::context::jittered(
@@ -105,8 +106,9 @@ pub async fn apply(pipeline: Arc<MetricPipeline>, ctx: &PipelineContext) -> Resu
             let started = Instant::now();
             match refresh(&pipeline, &db, ctx).await {
                 Ok(done) => {
-                    ctx.deliveries
-                        .after_refresh(&pipeline, !done.transitions.is_empty());
+                    if !done.transitions.is_empty() {
+                        ctx.deliveries.wake(&pipeline);
+                    }
                     let at = schedule::recorded(Timestamp::now());
                     publish_refresh(&pipeline, &db, &previous, done, at, started.elapsed(), ctx)
                         .await?;

@@ -286,6 +286,23 @@ fn capture_statements(
         ));
     }
     let [row, truncate] = trigger_names(&function);
+    // A source whose capture the tenant dropped (a trigger, the function
+    // with CASCADE, the log) has had changes logged nowhere; one whose
+    // columns changed has its capture replaced, and is rebuilt for that.
+    let replaced = catalog
+        .functions
+        .iter()
+        .any(|f| f.starts_with(&names.capture_prefix(table)) && *f != function);
+    let missing = !catalog.functions.contains(&function)
+        || !catalog.triggers.contains(&row)
+        || !catalog.triggers.contains(&truncate)
+        || !catalog.tables.contains_key(&changes);
+    if catalog.tables.contains_key(table) && !replaced && missing {
+        out.repairs.push(format!(
+            "the change capture of source {table} was missing: made again, and every metric rebuilt"
+        ));
+        out.rebuild = true;
+    }
     for trigger in [&row, &truncate] {
         if catalog.disabled_triggers.contains(trigger) {
             // Changes made meanwhile were not logged: the partial
@@ -742,6 +759,30 @@ metrics:
         assert!(planned.repairs[0].contains(&row) && planned.repairs[0].contains("orders"));
         catalog.disabled_triggers.insert(truncate);
         assert_eq!(plan("t", &key(), &s, &catalog).unwrap().repairs.len(), 2);
+    }
+
+    #[test]
+    fn a_dropped_capture_is_made_again_and_every_metric_rebuilt() {
+        let s = spec("", false);
+        let names = DerivedNames::new(&key());
+        let (function, _) = capture_of("t", &names, &s.sources[0]);
+        let [row, _] = trigger_names(&function);
+        let mut no_trigger = applied(&s);
+        no_trigger.triggers.remove(&row);
+        let mut no_function = applied(&s);
+        no_function.functions.remove(&function);
+        no_function.triggers.clear();
+        let mut no_log = applied(&s);
+        no_log.tables.remove(&names.changes("orders"));
+        for catalog in [no_trigger, no_function, no_log] {
+            let planned = plan("t", &key(), &s, &catalog).unwrap();
+            assert!(planned.rebuild, "{:?}", planned.statements);
+            assert_eq!(planned.repairs.len(), 1);
+            assert!(planned.repairs[0].contains("source orders was missing"));
+        }
+        // A new source gets its capture with nothing to repair.
+        let fresh = plan("t", &key(), &s, &Catalog::default()).unwrap();
+        assert!(fresh.repairs.is_empty() && !fresh.rebuild);
     }
 
     #[test]
