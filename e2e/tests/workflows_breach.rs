@@ -382,9 +382,10 @@ async fn a_breach_for_a_workflow_not_enabled_waits_for_the_template() -> anyhow:
     let mut enabled = spec;
     enabled["workflows"] = json!({"templates": ["SlaBreachEscalation"]});
     apply(&client, &[operator.tenant(&tenant, enabled)]).await?;
+    // Retries come 5 s, 30 s and 2 min after the first attempt.
     wait_until(
         "both deliveries to be delivered",
-        Duration::from_secs(120),
+        Duration::from_secs(200),
         || async {
             let row = admin
                 .query_one(
