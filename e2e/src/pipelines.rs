@@ -360,3 +360,47 @@ pub fn minimal(name: &str, namespace: &str, shard: &str) -> Value {
         }
     })
 }
+
+/// A pipeline of one source `visits` (partner, time, `fixed`) whose
+/// first-time-fix rate must be at least 0.9, with `on_breach` as its
+/// breach actions, refreshed hourly.
+pub fn visits_fix_rate(name: &str, namespace: &str, shard: &str, on_breach: Value) -> Value {
+    json!({
+        "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
+        "metadata": {"name": name, "namespace": namespace, "labels": {SHARD_LABEL: shard}},
+        "spec": {
+            "refreshInterval": "1h",
+            "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
+                "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
+                            {"name": "fixed", "type": "Boolean"}]}],
+            "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
+                "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
+                "objective": {"comparison": "AtLeast", "target": 0.9}}],
+            "onBreach": on_breach
+        }
+    })
+}
+
+/// Applies `pipeline` and waits until it is Ready.
+pub async fn apply_ready(client: &kube::Client, pipeline: Value) -> anyhow::Result<MetricPipeline> {
+    let (namespace, name) = (
+        pipeline["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        pipeline["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    apply(client, &[pipeline]).await?;
+    wait_pipeline(
+        client,
+        &namespace,
+        &name,
+        "Ready",
+        Duration::from_secs(90),
+        |p| is(p, "Ready", "True"),
+    )
+    .await
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use partnerplane_e2e::events::{events_about, wait_event};
 use partnerplane_e2e::pipelines::{
-    apply, condition, is, refresh_now, tenant_session, wait_pipeline,
+    apply, condition, is, refresh_now, tenant_session, visits_fix_rate, wait_pipeline,
 };
 use partnerplane_e2e::tenants::{delete_tenants, pg_admin};
 use partnerplane_e2e::webhook_receiver::{Received, Receiver};
@@ -77,21 +77,8 @@ async fn a_breach_delivers_one_signed_webhook_retried_under_one_id_and_recovery_
     apply(&client, &[
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook", "namespace": ns},
                "stringData": {"secret": secret}}),
-        json!({
-            "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
-            "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
-            "spec": {
-                "refreshInterval": "1h",
-                "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
-                    "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
-                                {"name": "fixed", "type": "Boolean"}]}],
-                "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
-                    "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
-                    "objective": {"comparison": "AtLeast", "target": 0.9}}],
-                "onBreach": [{"kind": "Event"}, {"kind": "Condition"},
-                             {"kind": "Webhook", "url": receiver.url(), "signingSecret": {"secret": {"name": "hook", "key": "secret"}}}]
-            }
-        }),
+        visits_fix_rate(&name, &ns, &operator.shard, json!([{"kind": "Event"}, {"kind": "Condition"},
+                             {"kind": "Webhook", "url": receiver.url(), "signingSecret": {"secret": {"name": "hook", "key": "secret"}}}])),
     ]).await?;
     wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
         is(p, "Ready", "True")
@@ -299,20 +286,7 @@ async fn a_receiver_that_never_answers_holds_up_no_refresh() -> anyhow::Result<(
     apply(&client, &[
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook", "namespace": ns},
                "stringData": {"secret": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="}}),
-        json!({
-            "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
-            "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
-            "spec": {
-                "refreshInterval": "1h",
-                "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
-                    "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
-                                {"name": "fixed", "type": "Boolean"}]}],
-                "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
-                    "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
-                    "objective": {"comparison": "AtLeast", "target": 0.9}}],
-                "onBreach": [{"kind": "Webhook", "url": receiver.url, "signingSecret": {"secret": {"name": "hook", "key": "secret"}}}]
-            }
-        }),
+        visits_fix_rate(&name, &ns, &operator.shard, json!([{"kind": "Webhook", "url": receiver.url, "signingSecret": {"secret": {"name": "hook", "key": "secret"}}}])),
     ]).await?;
     wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
         is(p, "Ready", "True")

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use partnerplane::api::MetricPipeline;
-use partnerplane_e2e::pipelines::apply;
 use partnerplane_e2e::pipelines::{
     REFRESH_REQUESTED, condition, is, refresh_now, tenant_session, wait_pipeline,
 };
+use partnerplane_e2e::pipelines::{apply, apply_ready};
 use partnerplane_e2e::tenants::{delete_tenants, sqlstate};
 use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition};
 use serde_json::{Value, json};
@@ -338,20 +338,10 @@ async fn a_delete_tenant_with_a_pipeline_goes_with_its_tables() -> anyhow::Resul
     let ns = format!("ptn-{tenant}");
     apply(&client, &[operator.tenant(&tenant, json!({"displayName": "Teardown", "secrets": {"store": "Both"}, "deletionPolicy": "Delete"}))]).await?;
     wait_condition(&client, &tenant, "Ready", "True", Duration::from_secs(90)).await?;
-    apply(
+    apply_ready(
         &client,
-        &[pipeline(
-            "p",
-            &ns,
-            &operator.shard,
-            orders(json!([])),
-            revenue(),
-        )],
+        pipeline("p", &ns, &operator.shard, orders(json!([])), revenue()),
     )
-    .await?;
-    wait_pipeline(&client, &ns, "p", "Ready", Duration::from_secs(90), |p| {
-        is(p, "Ready", "True")
-    })
     .await?;
     let (session, schema) = tenant_session(&testbed, &client, &ns).await?;
     session
@@ -482,20 +472,10 @@ async fn a_disabled_change_capture_is_enabled_again_and_the_metrics_rebuilt() ->
     let client = testbed.kube_admin().await?;
     let operator = Operator::start(&testbed, &unique_name("mpl-capture"), &[]).await?;
     let (tenant, ns) = ready_tenant(&client, &operator, "capture").await?;
-    apply(
+    apply_ready(
         &client,
-        &[pipeline(
-            "p",
-            &ns,
-            &operator.shard,
-            orders(json!([])),
-            revenue(),
-        )],
+        pipeline("p", &ns, &operator.shard, orders(json!([])), revenue()),
     )
-    .await?;
-    wait_pipeline(&client, &ns, "p", "Ready", Duration::from_secs(90), |p| {
-        is(p, "Ready", "True")
-    })
     .await?;
     let (session, _) = tenant_session(&testbed, &client, &ns).await?;
     session

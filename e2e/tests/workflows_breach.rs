@@ -13,7 +13,7 @@ use partnerplane::api::PartnerTenant;
 use partnerplane::api::tenant::WorkflowsStatus;
 use partnerplane_e2e::n8n::{N8n, node_output};
 use partnerplane_e2e::pipelines::{
-    apply, condition, is, refresh_now, tenant_session, wait_pipeline,
+    apply, condition, is, refresh_now, tenant_session, visits_fix_rate, wait_pipeline,
 };
 use partnerplane_e2e::tenants::{delete_tenants, pg_admin, redis_admin};
 use partnerplane_e2e::{Operator, Testbed, unique_name, wait_condition, wait_until};
@@ -55,6 +55,29 @@ fn verifies(key: &[u8], headers: &Value, body: &str) -> bool {
     )
 }
 
+/// The pipeline's outbox table in `schema`, schema-qualified.
+async fn outbox_of(admin: &tokio_postgres::Client, schema: &str) -> anyhow::Result<String> {
+    Ok(admin
+        .query_one(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname LIKE '\\_pp\\_%\\_outbox'",
+            &[&schema],
+        )
+        .await?
+        .get(0))
+}
+
+/// How many deliveries the outbox holds, and how many were delivered.
+async fn delivered(admin: &tokio_postgres::Client, outbox: &str) -> anyhow::Result<(i64, i64)> {
+    let row = admin
+        .query_one(
+            &format!("SELECT count(*), count(delivered_at) FROM {outbox}"),
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_callback()
 -> anyhow::Result<()> {
@@ -82,22 +105,18 @@ async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_cal
 
     let ns = format!("ptn-{a}");
     let name = unique_name("fix-rate");
-    apply(&client, &[json!({
-        "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
-        "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
-        "spec": {
-            "refreshInterval": "1h",
-            "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
-                "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
-                            {"name": "fixed", "type": "Boolean"}]}],
-            "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
-                "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
-                "objective": {"comparison": "AtLeast", "target": 0.9}}],
-            "onBreach": [{"kind": "Condition"},
+    apply(
+        &client,
+        &[visits_fix_rate(
+            &name,
+            &ns,
+            &operator.shard,
+            json!([{"kind": "Condition"},
                          {"kind": "Workflow", "workflow": "SlaBreachEscalation"},
-                         {"kind": "Workflow", "workflow": "ExceptionRouting"}]
-        }
-    })]).await?;
+                         {"kind": "Workflow", "workflow": "ExceptionRouting"}]),
+        )],
+    )
+    .await?;
     wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
         is(p, "Ready", "True")
     })
@@ -131,14 +150,7 @@ async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_cal
     assert_eq!(runs.len(), 2, "one run per transition");
     let admin = pg_admin(&testbed).await?;
     let schema = sa.postgres.clone().unwrap().schema;
-    let outbox: String = admin
-        .query_one(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname LIKE '\\_pp\\_%\\_outbox'",
-            &[&schema],
-        )
-        .await?
-        .get(0);
+    let outbox = outbox_of(&admin, &schema).await?;
     let key = signing_key(&testbed.n8n()?.1, &a);
     let mut partners = vec![];
     for run in &runs {
@@ -226,13 +238,7 @@ async fn a_breach_runs_only_its_tenants_workflows_and_approval_waits_for_its_cal
         "every delivery to be delivered",
         Duration::from_secs(60),
         || async {
-            let row = admin
-                .query_one(
-                    &format!("SELECT count(*), count(delivered_at) FROM {outbox}"),
-                    &[],
-                )
-                .await?;
-            let (all, delivered): (i64, i64) = (row.get(0), row.get(1));
+            let (all, delivered) = delivered(&admin, &outbox).await?;
             anyhow::ensure!(
                 all == 4,
                 "{all} deliveries: two transitions, two workflows each"
@@ -324,20 +330,16 @@ async fn a_breach_for_a_workflow_not_enabled_waits_for_the_template() -> anyhow:
     let schema = t.status.unwrap().postgres.unwrap().schema;
     let ns = format!("ptn-{tenant}");
     let name = unique_name("fix-rate");
-    apply(&client, &[json!({
-        "apiVersion": "partnerplane.io/v1alpha1", "kind": "MetricPipeline",
-        "metadata": {"name": name, "namespace": ns, "labels": {"partnerplane.io/shard": operator.shard}},
-        "spec": {
-            "refreshInterval": "1h",
-            "sources": [{"name": "visits", "partnerColumn": "partner_id", "timeColumn": "at",
-                "columns": [{"name": "partner_id", "type": "Text"}, {"name": "at", "type": "Timestamp"},
-                            {"name": "fixed", "type": "Boolean"}]}],
-            "metrics": [{"name": "first_time_fix", "domain": "ServiceDelivery", "source": "visits",
-                "aggregate": {"kind": "Ratio", "matching": [{"column": "fixed", "operator": "Equals", "value": {"boolean": true}}]},
-                "objective": {"comparison": "AtLeast", "target": 0.9}}],
-            "onBreach": [{"kind": "Workflow", "workflow": "SlaBreachEscalation"}]
-        }
-    })]).await?;
+    apply(
+        &client,
+        &[visits_fix_rate(
+            &name,
+            &ns,
+            &operator.shard,
+            json!([{"kind": "Workflow", "workflow": "SlaBreachEscalation"}]),
+        )],
+    )
+    .await?;
     wait_pipeline(&client, &ns, &name, "Ready", Duration::from_secs(90), |p| {
         is(p, "Ready", "True")
     })
@@ -350,14 +352,7 @@ async fn a_breach_for_a_workflow_not_enabled_waits_for_the_template() -> anyhow:
     assert_eq!(condition(&p, "ObjectivesMet").unwrap().status, "False");
 
     let admin = pg_admin(&testbed).await?;
-    let outbox: String = admin
-        .query_one(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname LIKE '\\_pp\\_%\\_outbox'",
-            &[&schema],
-        )
-        .await?
-        .get(0);
+    let outbox = outbox_of(&admin, &schema).await?;
     let errors = wait_until("both deliveries to fail once", Duration::from_secs(60), || async {
         let errors: Vec<String> = admin
             .query(
@@ -387,13 +382,7 @@ async fn a_breach_for_a_workflow_not_enabled_waits_for_the_template() -> anyhow:
         "both deliveries to be delivered",
         Duration::from_secs(200),
         || async {
-            let row = admin
-                .query_one(
-                    &format!("SELECT count(*), count(delivered_at) FROM {outbox}"),
-                    &[],
-                )
-                .await?;
-            let (all, delivered): (i64, i64) = (row.get(0), row.get(1));
+            let (all, delivered) = delivered(&admin, &outbox).await?;
             Ok((all == 2 && delivered == 2).then_some(()))
         },
     )
