@@ -81,7 +81,7 @@ async fn deliver(
     ctx: Arc<PipelineContext>,
 ) -> Result<Action, Error> {
     // A suspended pipeline's deliveries wait; its resumption is a new
-    // generation, whose first refresh wakes them again.
+    // generation, whose first reconcile wakes them again.
     if pipeline.spec.suspend
         || pipeline.metadata.deletion_timestamp.is_some()
         || delivery::targets(&pipeline.spec).is_empty()
